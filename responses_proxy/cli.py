@@ -1,0 +1,65 @@
+# -*- test-case-name: tests.test_process -*-
+"""
+The C{responses-api-proxy} console script: the twistd plugin's service,
+run in the foreground without twistd (no pidfile, no daemonizing).
+
+Exit status: 0 after SIGTERM, SIGINT or C{GET /shutdown}; 1 when the key,
+the options' files or the listening port are unusable; 2 for bad options.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.logger import (
+    globalLogBeginner,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
+from twisted.python import usage
+
+from responses_proxy.options import ProxyOptions
+
+
+class CLIOptions(ProxyOptions):
+    """
+    The plugin's options plus how to log.
+    """
+
+    optParameters = [
+        *ProxyOptions.optParameters,
+        ["log-format", None, "text", "Log as 'text' or 'json' (one object per line)."],
+    ]
+
+    def postOptions(self) -> None:
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be 'text' or 'json'")
+        super().postOptions()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """
+    Parse options, read the key, listen, and run until told to stop.
+    """
+    config = CLIOptions()
+    try:
+        config.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        sys.stderr.write(f"{config}\nresponses-api-proxy: {e}\n")
+        sys.exit(2)
+
+    from twisted.internet import reactor
+
+    from responses_proxy.tap import makeService
+
+    if config["log-format"] == "json":
+        observer = jsonFileLogObserver(sys.stderr)
+    else:
+        observer = textFileLogObserver(sys.stderr)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    service = makeService(config, reactor=reactor)
+    service.privilegedStartService()
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    sys.exit(0)

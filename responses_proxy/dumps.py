@@ -1,0 +1,151 @@
+# -*- test-case-name: tests.test_dumps -*-
+"""
+Optional request/response dumps for debugging (C{--dump-dir}).
+
+Each exchange writes C{NNNNNN-<ms>-request.json} when it starts and
+C{NNNNNN-<ms>-response.json} when the stream ends or is aborted; the
+sequence number makes them sort in order. Files are written from a thread,
+never on the reactor, so dumping cannot delay the stream. Secrets are
+redacted by header name; bodies are kept (they are the point of a dump),
+so the directory is created 0700 and the files 0600.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.http_headers import Headers
+from twisted.web.server import Request
+
+REDACTED = "[REDACTED]"
+_SECRET_NAME_PARTS = ("authorization", "cookie", "api-key")
+
+
+def redactedHeaders(headers: Headers) -> list[dict[str, str]]:
+    """
+    Headers as C{[{"name", "value"}]}, secret values replaced by C{[REDACTED]}.
+    """
+    result = []
+    for name, values in headers.getAllRawHeaders():
+        text = name.decode("latin-1")
+        secret = any(part in text.lower() for part in _SECRET_NAME_PARTS)
+        for value in values:
+            shown = REDACTED if secret else value.decode("latin-1")
+            result.append({"name": text, "value": shown})
+    return result
+
+
+def bodyForDump(body: bytes) -> Any:
+    """
+    The body as JSON when it parses, else as text.
+    """
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", errors="replace")
+
+
+def _startingSequence(directory: str) -> int:
+    highest = 0
+    for name in os.listdir(directory):
+        prefix = name.split("-", 1)[0]
+        if prefix.isdigit():
+            highest = max(highest, int(prefix))
+    return highest + 1
+
+
+def _writeDump(path: str, document: dict[str, Any], body: bytes) -> None:
+    # Parsing and serialising happen here, in the thread, not on the reactor.
+    document["body"] = bodyForDump(body)
+    data = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+class DumpWriter:
+    """
+    Numbers exchanges and writes their dumps off the reactor thread.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        directory: str,
+        reactor: Any,
+        threadpool: ThreadPool | None = None,
+    ) -> None:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.directory = directory
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._sequence = itertools.count(_startingSequence(directory))
+
+    def _inThread(self, function: Callable[..., None], *args: Any) -> None:
+        pool = self._threadpool or self._reactor.getThreadPool()
+        d = deferToThreadPool(self._reactor, pool, function, *args)
+        d.addErrback(
+            lambda f: self._log.error(
+                "Could not write dump: {error}", error=f.getErrorMessage()
+            )
+        )
+
+    def startExchange(self, request: Request) -> ExchangeDump:
+        """
+        Dump the request now and return the handle that collects the response.
+        """
+        prefix = os.path.join(
+            self.directory, f"{next(self._sequence):06d}-{int(time.time() * 1000)}"
+        )
+        request.content.seek(0)
+        body = request.content.read()
+        request.content.seek(0)
+        document = {
+            "method": request.method.decode("latin-1"),
+            "url": request.uri.decode("latin-1"),
+            "headers": redactedHeaders(request.requestHeaders),
+        }
+        self._inThread(_writeDump, prefix + "-request.json", document, body)
+        return ExchangeDump(self, prefix + "-response.json")
+
+
+class ExchangeDump:
+    """
+    Collects one response (status, headers, body) and writes it at the end.
+    """
+
+    def __init__(self, writer: DumpWriter, path: str) -> None:
+        self._writer = writer
+        self._path = path
+        self._status: int | None = None
+        self._headers: list[dict[str, str]] = []
+        self._chunks: list[bytes] = []
+
+    def responseStarted(self, status: int, headers: Headers) -> None:
+        self._status = status
+        self._headers = redactedHeaders(headers)
+
+    def responseChunk(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def finished(self, outcome: str) -> None:
+        """
+        Write the response dump; C{outcome} says how the stream ended.
+        """
+        body = b"".join(self._chunks)
+        self._chunks = []
+        document = {
+            "status": self._status,
+            "outcome": outcome,
+            "headers": self._headers,
+        }
+        self._writer._inThread(_writeDump, self._path, document, body)

@@ -1,0 +1,75 @@
+# -*- test-case-name: tests.test_headers -*-
+"""
+Which headers cross the proxy, in each direction.
+
+Everything end-to-end is forwarded with its value unchanged. Hop-by-hop
+headers (RFC 9110 section 7.6.1) describe one connection and stop here, as
+do the headers a C{Connection} header names. Upstream, the client's
+C{Authorization} is replaced by ours and C{Host} is the upstream's; framing
+(C{Content-Length}, C{Transfer-Encoding}) is set by the client Agent from
+the buffered body, and C{Expect} was already answered by the proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from twisted.web.http_headers import Headers
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Request headers the proxy itself owns on the upstream hop.
+_OWNED_UPSTREAM = frozenset({b"authorization", b"host", b"content-length", b"expect"})
+
+
+def _connectionNamed(values: Iterable[bytes] | None) -> set[bytes]:
+    named: set[bytes] = set()
+    for value in values or ():
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                named.add(token)
+    return named
+
+
+def _copyEndToEnd(
+    source: Headers, destination: Headers, alsoSkip: frozenset[bytes]
+) -> None:
+    skip = HOP_BY_HOP | alsoSkip | _connectionNamed(source.getRawHeaders(b"connection"))
+    for name, values in source.getAllRawHeaders():
+        if name.lower() not in skip:
+            destination.setRawHeaders(name, values)
+
+
+def upstreamRequestHeaders(incoming: Headers, authorization: bytes) -> Headers:
+    """
+    The headers to send upstream: the client's end-to-end headers, with
+    exactly one C{Authorization: <authorization>}.
+    """
+    outgoing = Headers()
+    _copyEndToEnd(incoming, outgoing, _OWNED_UPSTREAM)
+    outgoing.setRawHeaders(b"authorization", [authorization])
+    return outgoing
+
+
+def mirrorResponseHeaders(upstream: Headers, outgoing: Headers) -> None:
+    """
+    Copy the upstream response's end-to-end headers to the client response.
+
+    C{Content-Length} is kept: the body is relayed unchanged, and if the
+    upstream dies early the client connection is aborted, so a wrong length
+    can never be presented as complete.
+    """
+    _copyEndToEnd(upstream, outgoing, frozenset())

@@ -1,0 +1,134 @@
+# -*- test-case-name: tests.test_options -*-
+"""
+Command-line options, shared by the twistd plugin and the console script.
+"""
+
+from __future__ import annotations
+
+from twisted.python import usage
+
+from responses_proxy.site import DEFAULT_MAX_REQUEST_BODY, DEFAULT_REQUEST_TIMEOUT
+from responses_proxy.upstream import (
+    DEFAULT_UPSTREAM_URL,
+    BadUpstreamURL,
+    UpstreamTarget,
+)
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise usage.UsageError(f"--port must be a number, not {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise usage.UsageError(f"--port must be between 0 and 65535, not {port}")
+    return port
+
+
+def _positive(name: str, kind: type) -> object:
+    def convert(value: str) -> object:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise usage.UsageError(f"{name} must be a number, not {value!r}") from None
+        if number <= 0:
+            raise usage.UsageError(f"{name} must be greater than 0")
+        return number
+
+    return convert
+
+
+class ProxyOptions(usage.Options):
+    """
+    Options for C{responses-api-proxy}; the API key comes on standard input.
+    """
+
+    synopsis = "[options] < api-key"
+    longdesc = (
+        "A strict proxy for the OpenAI Responses API. Reads the API key from "
+        "standard input, listens on 127.0.0.1 and forwards exactly "
+        "POST /v1/responses to the upstream with 'Authorization: Bearer <key>'; "
+        "everything else is answered 403. Set CODEX_SECURE_MODE=1 to make any "
+        "failed hardening step fatal."
+    )
+
+    optFlags = [
+        ["http-shutdown", None, "Enable GET /shutdown to stop the proxy (exit 0)."],
+    ]
+
+    optParameters = [
+        [
+            "port",
+            None,
+            None,
+            "Port to bind on 127.0.0.1 [default: an ephemeral port].",
+            _port,
+        ],
+        [
+            "listen",
+            None,
+            None,
+            "Twisted endpoint to listen on instead of --port, e.g. "
+            "tcp:8080:interface=127.0.0.1, systemd:domain=INET:index=0, "
+            "unix:/run/responses-api-proxy.sock:mode=660.",
+        ],
+        [
+            "server-info",
+            None,
+            None,
+            'Write {"port": N, "pid": P} to this file once listening.',
+        ],
+        [
+            "upstream-url",
+            None,
+            DEFAULT_UPSTREAM_URL,
+            "Absolute http(s) URL requests are forwarded to (query string kept).",
+        ],
+        [
+            "upstream-ca",
+            None,
+            None,
+            "PEM file of CA certificates to trust for the upstream instead of "
+            "the system store.",
+        ],
+        [
+            "dump-dir",
+            None,
+            None,
+            "Write each request and response as JSON files into this directory "
+            "(Authorization and cookies redacted).",
+        ],
+        [
+            "max-request-body",
+            None,
+            DEFAULT_MAX_REQUEST_BODY,
+            "Largest request body accepted, in bytes; larger ones get 413.",
+            _positive("--max-request-body", int),
+        ],
+        [
+            "request-timeout",
+            None,
+            DEFAULT_REQUEST_TIMEOUT,
+            "Seconds a client has to send a complete request (also the "
+            "keep-alive idle limit). Never applies while waiting for the upstream.",
+            _positive("--request-timeout", float),
+        ],
+        [
+            "connect-timeout",
+            None,
+            30.0,
+            "Seconds to wait for the upstream connection (then 504).",
+            _positive("--connect-timeout", float),
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if self["port"] is not None and self["listen"] is not None:
+            raise usage.UsageError("give --port or --listen, not both")
+        try:
+            self["upstream"] = UpstreamTarget.fromString(self["upstream-url"])
+        except BadUpstreamURL as e:
+            raise usage.UsageError(str(e)) from None
+        if self["listen"] is None:
+            port = self["port"] if self["port"] is not None else 0
+            self["listen"] = f"tcp:{port}:interface=127.0.0.1"

@@ -1,0 +1,129 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+Build the proxy service from options: what C{twistd responses-api-proxy}
+and the C{responses-api-proxy} console script both run.
+
+The key is read here, inside C{makeService}: twistd calls it before it
+daemonizes and redirects standard input, and the console script before the
+reactor starts, so in both cases the key is read before anything listens.
+Hardening runs first, before the key is in memory.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from responses_proxy.apikey import AuthHeader, InvalidKey, readAuthHeader
+from responses_proxy.dumps import DumpWriter
+from responses_proxy.forward import Forwarder
+from responses_proxy.hardening import HardeningFailed, harden, secureModeRequested
+from responses_proxy.options import ProxyOptions
+from responses_proxy.resource import buildRoot
+from responses_proxy.service import ProxyService, StartupError
+from responses_proxy.site import ProxySite
+from responses_proxy.upstream import makeAgent
+
+Options = ProxyOptions
+_log = Logger()
+
+
+def fail(message: str) -> SystemExit:
+    """
+    Print one line to the real standard error and return the exit to raise.
+
+    twistd has redirected C{sys.stderr} into its log by the time services
+    start, so the operator would otherwise find the reason only in the log.
+    """
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"responses-api-proxy: {message}\n")
+    stream.flush()
+    return SystemExit(1)
+
+
+class ProxyApplicationService(MultiService):
+    """
+    The top service: turns startup failures into a one-line error and exit 1.
+    """
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except StartupError as e:
+            raise fail(str(e)) from None
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except StartupError as e:
+            raise fail(str(e)) from None
+
+
+def loadKey(stdinFD: int) -> AuthHeader:
+    """
+    Harden the process, then read the key; exit with one line on failure.
+    """
+    secure = secureModeRequested()
+    try:
+        harden(secure)
+        return readAuthHeader(stdinFD, requireLock=secure)
+    except HardeningFailed as e:
+        raise fail(f"{e} (CODEX_SECURE_MODE=1 makes this fatal)") from None
+    except InvalidKey as e:
+        raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(f"cannot read or lock the API key: {e.strerror or e}") from None
+
+
+def makeService(
+    config: ProxyOptions,
+    *,
+    reactor: Any = None,
+    stdinFD: int = 0,
+    authorization: AuthHeader | None = None,
+) -> ProxyApplicationService:
+    """
+    Compose the proxy: key, upstream client, resource tree, site, listener.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    if authorization is None:
+        authorization = loadKey(stdinFD)
+    try:
+        agent = makeAgent(
+            reactor,
+            caFile=config["upstream-ca"],
+            connectTimeout=config["connect-timeout"],
+        )
+        dumps = DumpWriter(config["dump-dir"], reactor) if config["dump-dir"] else None
+    except (OSError, ValueError) as e:
+        raise fail(str(e)) from None
+    forwarder = Forwarder(reactor, agent, config["upstream"], authorization, dumps)
+    shutdown = None
+    if config["http-shutdown"]:
+
+        def shutdown() -> None:
+            reactor.callLater(0, reactor.stop)
+
+    site = ProxySite(
+        buildRoot(forwarder, shutdown),
+        reactor,
+        maxRequestBody=config["max-request-body"],
+        requestTimeout=config["request-timeout"],
+    )
+    try:
+        endpoint = serverFromString(reactor, config["listen"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise fail(f"invalid --listen endpoint {config['listen']!r}: {e}") from None
+    top = ProxyApplicationService()
+    ProxyService(
+        endpoint, site, config["listen"], config["server-info"]
+    ).setServiceParent(top)
+    reactor.addSystemEventTrigger("after", "shutdown", authorization.wipe)
+    return top

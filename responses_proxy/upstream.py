@@ -1,0 +1,119 @@
+# -*- test-case-name: tests.test_forwarding -*-
+"""
+Where requests go: the upstream URL and the HTTP client that reaches it.
+
+The client is a bare L{twisted.web.client.Agent}, deliberately not
+C{treq.HTTPClient}: treq's request path always wraps C{ContentDecoderAgent}
+(it adds C{Accept-Encoding: gzip} and rewrites compressed bodies) and a
+C{CookieAgent} whose jar is shared by every caller. A proxy must forward
+bytes unchanged and must never carry one client's cookies to another, so
+neither layer may sit between the client and the upstream. The Agent also
+follows no redirects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from twisted.internet import ssl
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgent
+
+DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1/responses"
+
+
+class BadUpstreamURL(ValueError):
+    """
+    C{--upstream-url} is not an absolute http(s) URL.
+    """
+
+
+@dataclass(frozen=True)
+class UpstreamTarget:
+    """
+    The parsed C{--upstream-url}.
+
+    @ivar url: the URL as bytes, query string included, sent as-is.
+    @ivar hostHeader: C{host[:port]} as the upstream expects it in C{Host}.
+    """
+
+    url: bytes
+    scheme: str
+    host: str
+    port: int
+    hostHeader: bytes
+
+    @classmethod
+    def fromString(cls, url: str) -> UpstreamTarget:
+        """
+        Parse and check an absolute http(s) URL.
+        """
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as e:
+            raise BadUpstreamURL(f"invalid upstream URL {url!r}: {e}") from e
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadUpstreamURL(
+                f"upstream URL must be an absolute http:// or https:// URL: {url!r}"
+            )
+        if parts.username is not None or parts.password is not None:
+            raise BadUpstreamURL("upstream URL must not contain credentials")
+        if parts.fragment:
+            raise BadUpstreamURL(f"upstream URL must not have a fragment: {url!r}")
+        if any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in url):
+            raise BadUpstreamURL(f"upstream URL must be ASCII without spaces: {url!r}")
+        default = 443 if parts.scheme == "https" else 80
+        return cls(
+            url=url.encode("ascii"),
+            scheme=parts.scheme,
+            host=parts.hostname,
+            port=port or default,
+            hostHeader=parts.netloc.encode("ascii"),
+        )
+
+
+def loadTrustRoot(caFile: str) -> ssl.IOpenSSLTrustRoot:
+    """
+    Trust exactly the PEM certificates in C{caFile}.
+
+    @raise ValueError: the file holds no certificate.
+    """
+    with open(caFile, "rb") as f:
+        pem = f.read()
+    marker = b"-----END CERTIFICATE-----"
+    blocks = [block + marker for block in pem.split(marker) if b"-----BEGIN" in block]
+    if not blocks:
+        raise ValueError(f"no PEM certificate found in {caFile}")
+    return ssl.trustRootFromCertificates(
+        [ssl.Certificate.loadPEM(block) for block in blocks]
+    )
+
+
+def makeAgent(
+    reactor: IReactorTime,
+    *,
+    caFile: str | None = None,
+    connectTimeout: float = 30.0,
+    maxPersistentPerHost: int = 64,
+) -> IAgent:
+    """
+    Build the upstream client: persistent connections, TLS verified with
+    service_identity against the system store (or C{caFile}), no decoding,
+    no cookies, no redirects.
+    """
+    trustRoot = loadTrustRoot(caFile) if caFile else None
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = maxPersistentPerHost
+    # Shorter than common upstream keep-alive timeouts, so that we rarely
+    # reuse a connection the upstream is about to close.
+    pool.cachedConnectionTimeout = 20
+    pool.retryAutomatically = False
+    return Agent(
+        reactor,
+        contextFactory=BrowserLikePolicyForHTTPS(trustRoot),
+        connectTimeout=connectTimeout,
+        pool=pool,
+    )
