@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -26,7 +27,7 @@ from responses_proxy.options import ProxyOptions
 from responses_proxy.resource import buildRoot
 from responses_proxy.service import ProxyService, StartupError
 from responses_proxy.site import ProxySite
-from responses_proxy.upstream import makeAgent
+from responses_proxy.upstream import UpstreamClient, makeUpstreamClient
 
 Options = ProxyOptions
 _log = Logger()
@@ -63,6 +64,19 @@ class ProxyApplicationService(MultiService):
             raise fail(str(e)) from None
 
 
+class _UpstreamPoolService(Service):
+    """
+    Closes idle upstream connections when the proxy stops.
+    """
+
+    def __init__(self, upstream: UpstreamClient) -> None:
+        self._upstream = upstream
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._upstream.close()
+
+
 def loadKey(stdinFD: int) -> AuthHeader:
     """
     Harden the process, then read the key; exit with one line on failure.
@@ -96,7 +110,7 @@ def makeService(
     if authorization is None:
         authorization = loadKey(stdinFD)
     try:
-        agent = makeAgent(
+        upstream = makeUpstreamClient(
             reactor,
             caFile=config["upstream-ca"],
             connectTimeout=config["connect-timeout"],
@@ -104,7 +118,9 @@ def makeService(
         dumps = DumpWriter(config["dump-dir"], reactor) if config["dump-dir"] else None
     except (OSError, ValueError) as e:
         raise fail(str(e)) from None
-    forwarder = Forwarder(reactor, agent, config["upstream"], authorization, dumps)
+    forwarder = Forwarder(
+        reactor, upstream.agent, config["upstream"], authorization, dumps
+    )
     shutdown = None
     if config["http-shutdown"]:
 
@@ -122,6 +138,7 @@ def makeService(
     except (ValueError, KeyError, TypeError) as e:
         raise fail(f"invalid --listen endpoint {config['listen']!r}: {e}") from None
     top = ProxyApplicationService()
+    _UpstreamPoolService(upstream).setServiceParent(top)
     ProxyService(
         endpoint, site, config["listen"], config["server-info"]
     ).setServiceParent(top)

@@ -17,8 +17,14 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from twisted.internet import ssl
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
 from twisted.web.iweb import IAgent
 
 DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1/responses"
@@ -92,28 +98,54 @@ def loadTrustRoot(caFile: str) -> ssl.IOpenSSLTrustRoot:
     )
 
 
-def makeAgent(
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # One "Starting factory" log line per upstream connection is noise.
+    noisy = False
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietClientFactory
+
+
+@dataclass
+class UpstreamClient:
+    """
+    The Agent the forwarder uses, and the pool it can close at shutdown.
+    """
+
+    agent: IAgent
+    pool: HTTPConnectionPool
+
+    def close(self) -> Deferred[None]:
+        """
+        Close idle pooled upstream connections.
+        """
+        return self.pool.closeCachedConnections()
+
+
+def makeUpstreamClient(
     reactor: IReactorTime,
     *,
     caFile: str | None = None,
     connectTimeout: float = 30.0,
     maxPersistentPerHost: int = 64,
-) -> IAgent:
+) -> UpstreamClient:
     """
     Build the upstream client: persistent connections, TLS verified with
     service_identity against the system store (or C{caFile}), no decoding,
     no cookies, no redirects.
     """
     trustRoot = loadTrustRoot(caFile) if caFile else None
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = _QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = maxPersistentPerHost
     # Shorter than common upstream keep-alive timeouts, so that we rarely
     # reuse a connection the upstream is about to close.
     pool.cachedConnectionTimeout = 20
     pool.retryAutomatically = False
-    return Agent(
+    agent = Agent(
         reactor,
         contextFactory=BrowserLikePolicyForHTTPS(trustRoot),
         connectTimeout=connectTimeout,
         pool=pool,
     )
+    return UpstreamClient(agent, pool)

@@ -1,0 +1,3 @@
+"""
+Trial tests for responses-api-proxy.
+"""

@@ -1,0 +1,471 @@
+"""
+Shared test fixtures: real loopback servers and clients, no mocks.
+
+  - L{makeTestPKI}: a throw-away CA and server certificates made per test;
+  - L{startFakeUpstream}: the bundled fake upstream on 127.0.0.1 (HTTP or HTTPS);
+  - L{startProxy}: the real proxy service, in-process, on an ephemeral port;
+  - L{httpClient}: a treq client with its own non-persistent pool;
+  - L{rawExchange}: send raw bytes on a socket and collect the reply;
+  - L{spawnEntryPoint}: run an installed console script or twistd.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import sysconfig
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from treq.client import HTTPClient
+from twisted.internet import protocol, reactor, ssl, task
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from responses_proxy.apikey import AuthHeader
+from responses_proxy.fakeupstream import FakeUpstream, makeSite
+from responses_proxy.options import ProxyOptions
+from responses_proxy.tap import makeService
+
+CANARY_KEY = "sk-canary_7f3c9a1e5b2d4c6e8a0f1b3d5e7a9c2e4f6b8d0a"
+
+
+# PKI -------------------------------------------------------------------------
+
+
+@dataclass
+class TestPKI:
+    """
+    Paths of a test CA and of server certificates it (or nobody) signed.
+    """
+
+    directory: str
+    caCert: str
+    serverCert: str  # for 127.0.0.1 and localhost, signed by the CA
+    serverKey: str
+    wrongHostCert: str  # signed by the CA, but for another host name
+    selfSignedCert: str  # for 127.0.0.1, signed by nobody we trust
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _write(path: str, data: bytes) -> str:
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _certificate(subject, issuer, key, signingKey, sans, ca=False) -> bytes:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), False)
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+    cert = builder.sign(signingKey, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def makeTestPKI(directory: str) -> TestPKI:
+    """
+    Make a CA and server certificates in C{directory} (created if needed).
+    """
+    os.makedirs(directory, exist_ok=True)
+    caKey = ec.generate_private_key(ec.SECP256R1())
+    serverKey = ec.generate_private_key(ec.SECP256R1())
+    caName = _name("responses-api-proxy test CA")
+    goodSANs = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    keyPEM = serverKey.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return TestPKI(
+        directory=directory,
+        caCert=_write(
+            f"{directory}/ca.pem",
+            _certificate(caName, caName, caKey, caKey, [], ca=True),
+        ),
+        serverCert=_write(
+            f"{directory}/server.pem",
+            _certificate(_name("localhost"), caName, serverKey, caKey, goodSANs),
+        ),
+        serverKey=_write(f"{directory}/server-key.pem", keyPEM),
+        wrongHostCert=_write(
+            f"{directory}/wrong-host.pem",
+            _certificate(
+                _name("elsewhere.invalid"),
+                caName,
+                serverKey,
+                caKey,
+                [x509.DNSName("elsewhere.invalid")],
+            ),
+        ),
+        selfSignedCert=_write(
+            f"{directory}/self-signed.pem",
+            _certificate(
+                _name("localhost"), _name("localhost"), serverKey, serverKey, goodSANs
+            ),
+        ),
+    )
+
+
+def serverContext(certPath: str, keyPath: str) -> ssl.CertificateOptions:
+    """
+    TLS server options from PEM files.
+    """
+    with open(certPath, "rb") as f:
+        cert = f.read()
+    with open(keyPath, "rb") as f:
+        key = f.read()
+    return ssl.PrivateCertificate.loadPEM(cert + key).options()
+
+
+# Servers ---------------------------------------------------------------------
+
+
+@dataclass
+class RunningUpstream:
+    """
+    A fake upstream listening on loopback.
+    """
+
+    resource: FakeUpstream
+    port: int
+    url: str
+    connections: list[Any] = field(default_factory=list)
+
+
+def _trackConnections(site: Any, testCase: TestCase) -> list[Any]:
+    """
+    Record the server-side protocols so cleanup can wait for them to close.
+    """
+    protocols: list[Any] = []
+    original = site.buildProtocol
+
+    def buildProtocol(addr: Any) -> Any:
+        proto = original(addr)
+        lost: Deferred[None] = Deferred()
+        protocols.append((proto, lost))
+        originalLost = proto.connectionLost
+
+        def connectionLost(reason: Any) -> None:
+            originalLost(reason)
+            if not lost.called:
+                lost.callback(None)
+
+        proto.connectionLost = connectionLost
+        return proto
+
+    site.buildProtocol = buildProtocol
+    return protocols
+
+
+@inlineCallbacks
+def _closeServer(port: Any, protocols: list[Any]) -> Any:
+    yield port.stopListening()
+    for proto, lost in protocols:
+        if not lost.called:
+            transport = getattr(proto, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+            yield lost
+
+
+def startFakeUpstream(
+    testCase: TestCase,
+    tls: ssl.CertificateOptions | None = None,
+    path: str = "/v1/responses",
+) -> RunningUpstream:
+    """
+    Serve a fresh L{FakeUpstream} on 127.0.0.1; closed (connections too)
+    when the test ends.
+    """
+    site, resource = makeSite(reactor)
+    protocols = _trackConnections(site, testCase)
+    if tls is None:
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        scheme = "http"
+    else:
+        port = reactor.listenSSL(0, site, tls, interface="127.0.0.1")
+        scheme = "https"
+    testCase.addCleanup(_closeServer, port, protocols)
+    number = port.getHost().port
+    return RunningUpstream(
+        resource, number, f"{scheme}://127.0.0.1:{number}{path}", protocols
+    )
+
+
+@dataclass
+class RunningProxy:
+    """
+    The proxy service started in-process.
+    """
+
+    service: Any
+    port: int
+    site: Any
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/responses"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def startProxy(
+    testCase: TestCase,
+    upstreamURL: str,
+    *args: str,
+    key: str = CANARY_KEY,
+) -> RunningProxy:
+    """
+    Start the real proxy service (options parsed from C{args}) with C{key},
+    on an ephemeral loopback port; stopped when the test ends.
+    """
+    config = ProxyOptions()
+    config.parseOptions(["--upstream-url", upstreamURL, *args])
+    service = makeService(
+        config,
+        reactor=reactor,
+        authorization=AuthHeader(b"Bearer " + key.encode()),
+    )
+    service.privilegedStartService()
+    service.startService()
+    proxyService = service.services[-1]
+    protocols = _trackConnections(proxyService.factory, testCase)
+
+    @inlineCallbacks
+    def stop() -> Any:
+        yield service.stopService()
+        for proto, lost in protocols:
+            if not lost.called:
+                proto.transport.abortConnection()
+                yield lost
+
+    testCase.addCleanup(stop)
+    return RunningProxy(service, proxyService.listeningPort, proxyService.factory)
+
+
+# Clients ---------------------------------------------------------------------
+
+
+def httpClient(testCase: TestCase) -> HTTPClient:
+    """
+    A treq client whose connections are closed after each request, so no
+    connection outlives the test.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    return HTTPClient(Agent(reactor, pool=pool))
+
+
+class _Collect(protocol.Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.done: Deferred[bytes] = Deferred()
+        self.lostReason: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lostReason = reason
+        self.done.callback(bytes(self.data))
+
+
+def rawExchange(
+    port: int, payload: bytes, timeout: float = 10.0, halfClose: bool = False
+) -> Deferred[bytes]:
+    """
+    Connect to 127.0.0.1:C{port}, send C{payload} and return everything
+    received until the server closes (or C{timeout} passes: then we close).
+    """
+    endpoint = protocol.ClientCreator(reactor, _Collect)
+    d = endpoint.connectTCP("127.0.0.1", port)
+
+    def connected(proto: _Collect) -> Deferred[bytes]:
+        proto.transport.write(payload)
+        if halfClose:
+            proto.transport.loseWriteConnection()
+        call = reactor.callLater(timeout, proto.transport.abortConnection)
+
+        def finished(data: bytes) -> bytes:
+            if call.active():
+                call.cancel()
+            return data
+
+        return proto.done.addCallback(finished)
+
+    return d.addCallback(connected)
+
+
+def waitFor(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Deferred:
+    """
+    Poll C{predicate} until it returns a true value (fires with it) or
+    C{timeout} passes (fails with AssertionError).
+    """
+    deadline = reactor.seconds() + timeout
+
+    @inlineCallbacks
+    def poll() -> Any:
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if reactor.seconds() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {predicate}"
+                )
+            yield task.deferLater(reactor, interval, lambda: None)
+
+    return poll()
+
+
+# Processes -------------------------------------------------------------------
+
+
+def scriptPath(name: str) -> str:
+    """
+    The installed console script C{name} next to this Python.
+    """
+    return os.path.join(sysconfig.get_path("scripts"), name)
+
+
+@dataclass
+class ProcessResult:
+    exitCode: int | None
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+
+
+class _Capture(protocol.ProcessProtocol):
+    def __init__(self, stdin: bytes | None) -> None:
+        self.stdin = stdin
+        self.out = bytearray()
+        self.err = bytearray()
+        self.ended: Deferred[ProcessResult] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.stdin is not None:
+            self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Any) -> None:
+        value = reason.value
+        code = getattr(value, "exitCode", None)
+        sig = getattr(value, "signal", None)
+        if reason.check(ProcessDone):
+            code = 0
+        elif not reason.check(ProcessTerminated):
+            code = None
+        self.ended.callback(ProcessResult(code, sig, bytes(self.out), bytes(self.err)))
+
+
+@dataclass
+class SpawnedProcess:
+    """
+    A running entry point: its pid, output so far and the Deferred of its end.
+    """
+
+    pid: int
+    capture: _Capture
+
+    @property
+    def ended(self) -> Deferred[ProcessResult]:
+        return self.capture.ended
+
+    def signal(self, name: str) -> None:
+        self.capture.transport.signalProcess(name)
+
+
+def childEnvironment(**extra: str) -> dict[str, str]:
+    """
+    The environment for spawned entry points: ours, plus C{extra}.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    env.update(extra)
+    return env
+
+
+def spawnEntryPoint(
+    testCase: TestCase,
+    argv: list[str],
+    stdin: bytes | None = b"",
+    env: dict[str, str] | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    path: str | None = None,
+) -> SpawnedProcess:
+    """
+    Spawn C{argv} (argv[0] resolved among the installed scripts); the
+    process is killed at cleanup if it is still running.
+    """
+    executable = argv[0] if os.path.isabs(argv[0]) else scriptPath(argv[0])
+    capture = _Capture(stdin)
+    transport = reactor.spawnProcess(
+        capture,
+        executable,
+        [executable, *argv[1:]],
+        env=childEnvironment() if env is None else env,
+        uid=uid,
+        gid=gid,
+        path=path,
+    )
+
+    def cleanup() -> Deferred | None:
+        if not capture.ended.called:
+            try:
+                transport.signalProcess("KILL")
+            except Exception:
+                pass
+            return capture.ended
+        return None
+
+    testCase.addCleanup(cleanup)
+    return SpawnedProcess(transport.pid, capture)
+
+
+def readServerInfo(path: str) -> dict[str, Any] | None:
+    """
+    The parsed server-info file, or None while it does not exist yet.
+    """
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
