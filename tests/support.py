@@ -469,3 +469,69 @@ def readServerInfo(path: str) -> dict[str, Any] | None:
             return json.loads(f.read())
     except FileNotFoundError:
         return None
+
+
+# Raw HTTP responses -----------------------------------------------------------
+
+
+@dataclass
+class RawResponse:
+    """
+    One HTTP/1.1 response parsed from raw bytes.
+
+    @ivar complete: the body ended where its framing says it ends (for a
+        chunked body: the terminating C{0\\r\\n\\r\\n} chunk was received).
+    """
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    complete: bool
+    chunked: bool
+
+    def header(self, name: bytes) -> list[bytes]:
+        lower = name.lower()
+        return [value for key, value in self.headers if key.lower() == lower]
+
+
+def _dechunk(data: bytes) -> tuple[bytes, bool]:
+    body = bytearray()
+    while True:
+        end = data.find(b"\r\n")
+        if end < 0:
+            return bytes(body), False
+        size = int(data[:end].split(b";", 1)[0], 16)
+        if size == 0:
+            return bytes(body), data[end + 2 :].startswith(b"\r\n")
+        chunk = data[end + 2 : end + 2 + size]
+        body += chunk
+        if len(chunk) < size:
+            return bytes(body), False
+        data = data[end + 2 + size + 2 :]
+
+
+def parseRawResponse(data: bytes) -> RawResponse:
+    """
+    Parse the first response in C{data}, skipping interim C{1xx} responses.
+    """
+    while True:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        if 100 <= status < 200:
+            data = rest
+            continue
+        break
+    headers = [
+        (name.strip(), value.strip())
+        for name, _, value in (line.partition(b":") for line in lines[1:])
+    ]
+    response = RawResponse(status, headers, rest, True, False)
+    if any(v.lower() == b"chunked" for v in response.header(b"transfer-encoding")):
+        response.chunked = True
+        response.body, response.complete = _dechunk(rest)
+    elif response.header(b"content-length"):
+        length = int(response.header(b"content-length")[0])
+        response.body = rest[:length]
+        response.complete = len(rest) >= length
+    return response
