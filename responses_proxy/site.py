@@ -67,6 +67,11 @@ class ProxyRequest(server.Request):
             return
         super().requestReceived(command, path, version)
 
+    def _handleStar(self) -> None:
+        # twisted.web answers "OPTIONS *" 200 by itself, before any resource
+        # sees it; render the root instead, which refuses it like the rest.
+        self.render(self.site.resource)
+
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         # server.Request.process sets a version-revealing Server header; we
         # send none of our own (a mirrored upstream one is kept).
