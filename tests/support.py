@@ -535,3 +535,80 @@ def parseRawResponse(data: bytes) -> RawResponse:
         response.body = rest[:length]
         response.complete = len(rest) >= length
     return response
+
+
+# Interactive raw sockets ------------------------------------------------------
+
+
+class RawConnection(protocol.Protocol):
+    """
+    A raw client connection driven step by step by a test.
+
+    @ivar data: everything received so far.
+    @ivar closed: fires with C{None} when the connection is lost.
+    @ivar lostReason: the L{Failure} the connection was lost with.
+    """
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed: Deferred[None] = Deferred()
+        self.lostReason: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lostReason = reason
+        self.closed.callback(None)
+
+    def send(self, data: bytes) -> None:
+        """
+        Write C{data} to the server.
+        """
+        self.transport.write(data)
+
+    def waitForBytes(self, marker: bytes, timeout: float = 10.0) -> Deferred[Any]:
+        """
+        Wait (with a deadline) until C{marker} was received.
+        """
+        return waitFor(lambda: marker in self.data, timeout)
+
+    def stopReading(self) -> None:
+        """
+        Stop reading from the socket, so the server's writes back up.
+        """
+        self.transport.pauseProducing()
+
+    def startReading(self) -> None:
+        """
+        Read from the socket again.
+        """
+        self.transport.resumeProducing()
+
+
+def connectRaw(testCase: TestCase, port: int) -> Deferred[RawConnection]:
+    """
+    Connect a L{RawConnection} to 127.0.0.1:C{port}; aborted (and waited
+    for) at cleanup if still open.
+    """
+    d = protocol.ClientCreator(reactor, RawConnection).connectTCP("127.0.0.1", port)
+
+    def connected(conn: RawConnection) -> RawConnection:
+        def cleanup() -> Deferred[Any] | None:
+            if conn.closed.called:
+                return None
+            conn.transport.abortConnection()
+            return conn.closed
+
+        testCase.addCleanup(cleanup)
+        return conn
+
+    return d.addCallback(connected)
+
+
+def bareAgent() -> Agent:
+    """
+    A bare Agent (no gzip decoding, no cookie jar, no redirects) whose
+    connections close after each request.
+    """
+    return Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))

@@ -5,13 +5,28 @@ unchanged, the key is injected, and the answer comes back as sent.
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import os
+from typing import Any
 
 import treq
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
+from twisted.web.client import FileBodyProducer, readBody
+from twisted.web.http_headers import Headers
 
-from tests.support import CANARY_KEY, httpClient, startFakeUpstream, startProxy
+from tests.support import (
+    CANARY_KEY,
+    bareAgent,
+    connectRaw,
+    httpClient,
+    parseRawResponse,
+    rawExchange,
+    startFakeUpstream,
+    startProxy,
+)
 
 
 class ForwardingTests(TestCase):
@@ -54,3 +69,249 @@ class ForwardingTests(TestCase):
         self.assertEqual(seen.header(b"x-custom"), [b"kept as is"])
         host = f"127.0.0.1:{upstream.port}".encode()
         self.assertEqual(seen.header(b"host"), [host])
+
+
+class RequestBodyTests(TestCase):
+    """
+    The request body reaches the upstream byte for byte, however the client
+    framed it.
+    """
+
+    def setUp(self) -> None:
+        self.upstream = startFakeUpstream(self)
+        self.proxy = startProxy(self, self.upstream.url)
+
+    @inlineCallbacks
+    def postRaw(self, head: bytes, body: bytes) -> Any:
+        """
+        Send a raw request (C{head} are extra header lines) and return the
+        parsed response.
+        """
+        raw = yield rawExchange(
+            self.proxy.port,
+            b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"x-fake-scenario: echo\r\nConnection: close\r\n" + head + b"\r\n" + body,
+        )
+        return parseRawResponse(raw)
+
+    @inlineCallbacks
+    def test_binaryBodyUnchanged(self) -> None:
+        """
+        A body that is not JSON, not UTF-8 and contains CR/LF and NUL bytes
+        is forwarded unchanged, with the same Content-Length.
+        """
+        body = bytes(range(256)) * 4 + b"\r\n\r\n0\r\n\r\n"
+        response = yield self.postRaw(b"Content-Length: %d\r\n" % len(body), body)
+        self.assertEqual(response.status, 200)
+        [seen] = self.upstream.resource.requests
+        self.assertEqual(seen.body, body)
+        self.assertEqual(seen.header(b"content-length"), [b"%d" % len(body)])
+
+    @inlineCallbacks
+    def test_largeBodyUnchanged(self) -> None:
+        """
+        A body larger than the single-write limit (streamed from the spooled
+        file) arrives complete and unchanged.
+        """
+        body = os.urandom(3 * 1024 * 1024 + 17)
+        agent = bareAgent()
+        response = yield treq.post(
+            self.proxy.url,
+            data=body,
+            headers={"x-fake-scenario": "echo"},
+            agent=agent,
+        )
+        yield treq.content(response)
+        self.assertEqual(response.code, 200)
+        [seen] = self.upstream.resource.requests
+        self.assertEqual(len(seen.body), len(body))
+        self.assertTrue(seen.body == body)
+
+    @inlineCallbacks
+    def test_chunkedBody(self) -> None:
+        """
+        A body sent with C{Transfer-Encoding: chunked} reaches the upstream
+        de-chunked, byte for byte, and without the client's framing header.
+        """
+        body = b'{"model": "m", "input": "' + b"x" * 5000 + b'"}'
+        chunked = b""
+        for start in range(0, len(body), 1000):
+            piece = body[start : start + 1000]
+            chunked += b"%x\r\n%s\r\n" % (len(piece), piece)
+        chunked += b"0\r\n\r\n"
+        response = yield self.postRaw(b"Transfer-Encoding: chunked\r\n", chunked)
+        self.assertEqual(response.status, 200)
+        [seen] = self.upstream.resource.requests
+        self.assertEqual(seen.body, body)
+        self.assertEqual(seen.header(b"transfer-encoding"), [])
+        self.assertEqual(seen.header(b"content-length"), [b"%d" % len(body)])
+
+    @inlineCallbacks
+    def test_expectContinue(self) -> None:
+        """
+        With C{Expect: 100-continue} the proxy answers C{100 Continue} before
+        the body is sent; the body then reaches the upstream unchanged, and
+        the upstream is not asked to continue again.
+        """
+        body = b'{"model": "m", "input": "continue"}'
+        conn = yield connectRaw(self, self.proxy.port)
+        conn.send(
+            b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"x-fake-scenario: echo\r\nExpect: 100-continue\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        yield conn.waitForBytes(b"\r\n\r\n")
+        self.assertTrue(conn.data.startswith(b"HTTP/1.1 100 Continue\r\n"), conn.data)
+        self.assertEqual(self.upstream.resource.requests, [])
+        conn.send(body)
+        yield conn.closed
+        response = parseRawResponse(bytes(conn.data))
+        self.assertEqual(response.status, 200)
+        [seen] = self.upstream.resource.requests
+        self.assertEqual(seen.body, body)
+        self.assertEqual(seen.header(b"expect"), [])
+
+    @inlineCallbacks
+    def test_emptyBody(self) -> None:
+        """
+        An empty body is forwarded as an empty body.
+        """
+        response = yield self.postRaw(b"Content-Length: 0\r\n", b"")
+        self.assertEqual(response.status, 200)
+        [seen] = self.upstream.resource.requests
+        self.assertEqual(seen.body, b"")
+
+
+class UpstreamURLTests(TestCase):
+    """
+    The request goes to exactly the configured C{--upstream-url}.
+    """
+
+    @inlineCallbacks
+    def test_queryStringKept(self) -> None:
+        """
+        An Azure-style upstream URL with a query string is requested with
+        exactly that path and query.
+        """
+        upstream = startFakeUpstream(
+            self, path="/openai/responses?api-version=2025-04-01-preview"
+        )
+        proxy = startProxy(self, upstream.url)
+        response = yield httpClient(self).post(
+            proxy.url, data=b"{}", headers={"x-fake-scenario": "json"}
+        )
+        yield treq.content(response)
+        self.assertEqual(response.code, 200)
+        [seen] = upstream.resource.requests
+        self.assertEqual(seen.method, b"POST")
+        self.assertEqual(seen.uri, b"/openai/responses?api-version=2025-04-01-preview")
+
+
+class ResponseTests(TestCase):
+    """
+    The upstream's answer reaches the client as sent: status, headers and
+    body, with no decoding, redirect following or cookie keeping.
+    """
+
+    def setUp(self) -> None:
+        self.upstream = startFakeUpstream(self)
+        self.proxy = startProxy(self, self.upstream.url)
+
+    @inlineCallbacks
+    def post(self, scenario: str, **headers: str) -> Any:
+        """
+        POST through the proxy with a bare Agent; return the response and
+        its body.
+        """
+        sent = Headers({b"x-fake-scenario": [scenario.encode()]})
+        for name, value in headers.items():
+            sent.addRawHeader(name.replace("_", "-").encode(), value.encode())
+        response = yield bareAgent().request(
+            b"POST", self.proxy.url.encode(), sent, _body(b'{"model": "m"}')
+        )
+        body = yield readBody(response)
+        return response, body
+
+    @inlineCallbacks
+    def test_errorStatusMirrored(self) -> None:
+        """
+        4xx and 5xx upstream answers reach the client with their status,
+        headers and body.
+        """
+        for status in (400, 401, 404, 429, 500, 503):
+            response, body = yield self.post("status", x_fake_status=str(status))
+            self.assertEqual(response.code, status)
+            self.assertEqual(
+                json.loads(body)["error"]["code"], str(status), (status, body)
+            )
+            self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"7"])
+            self.assertEqual(
+                response.headers.getRawHeaders(b"x-ratelimit-limit-requests"),
+                [b"100"],
+            )
+
+    @inlineCallbacks
+    def test_gzipNotDecoded(self) -> None:
+        """
+        A gzip answer reaches the client still compressed, with its
+        Content-Encoding, and the upstream was not offered gzip on the
+        client's behalf.
+        """
+        response, body = yield self.post("gzip")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"content-encoding"), [b"gzip"])
+        self.assertEqual(json.loads(gzip.decompress(body))["status"], "completed")
+        [seen] = self.upstream.resource.requests
+        self.assertEqual(seen.header(b"accept-encoding"), [])
+
+    @inlineCallbacks
+    def test_acceptEncodingFromClientKept(self) -> None:
+        """
+        An Accept-Encoding the client did send is forwarded unchanged.
+        """
+        response, body = yield self.post("gzip", accept_encoding="gzip, br")
+        self.assertEqual(response.code, 200)
+        [seen] = self.upstream.resource.requests
+        self.assertEqual(seen.header(b"accept-encoding"), [b"gzip, br"])
+
+    @inlineCallbacks
+    def test_redirectNotFollowed(self) -> None:
+        """
+        A 302 is mirrored as is, Location included; nothing follows it.
+        """
+        response, body = yield self.post("redirect")
+        self.assertEqual(response.code, 302)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"location"),
+            [b"http://127.0.0.1:9/elsewhere"],
+        )
+        self.assertEqual(body, b"redirected\n")
+        self.assertEqual(len(self.upstream.resource.requests), 1)
+
+    @inlineCallbacks
+    def test_noCookieJar(self) -> None:
+        """
+        The upstream's Set-Cookie reaches the client, but the proxy keeps no
+        jar: the next client's request carries no cookie upstream.
+        """
+        response, body = yield self.post("cookie")
+        self.assertEqual(
+            response.headers.getRawHeaders(b"set-cookie"),
+            [b"session=fake-upstream-cookie; Path=/"],
+        )
+        response, body = yield self.post("cookie")
+        self.assertEqual(json.loads(body), {"cookie": ""})
+        for seen in self.upstream.resource.requests:
+            self.assertEqual(seen.header(b"cookie"), [])
+
+    @inlineCallbacks
+    def test_clientCookieForwarded(self) -> None:
+        """
+        A cookie the client sends itself is an ordinary header: forwarded.
+        """
+        response, body = yield self.post("cookie", cookie="mine=1")
+        self.assertEqual(json.loads(body), {"cookie": "mine=1"})
+
+
+def _body(data: bytes) -> FileBodyProducer:
+    return FileBodyProducer(io.BytesIO(data))
