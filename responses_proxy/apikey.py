@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from twisted.logger import Logger
@@ -20,6 +21,7 @@ from responses_proxy import _libc
 
 MAX_KEY_LENGTH = 1016
 _KEY_PATTERN = re.compile(rb"[A-Za-z0-9_-]+")
+_PREFIX = b"Bearer "
 _log = Logger()
 
 
@@ -62,28 +64,66 @@ class AuthHeader:
             self.locked = False
 
 
-def _readAll(fd: int, limit: int) -> bytearray:
+def checkReadable(fd: int) -> None:
     """
-    Read from C{fd} until EOF or until more than C{limit} bytes arrived.
+    Refuse a standard input that is closed, or whose descriptor number was
+    reused by something the process opened itself (e.g. the reactor's epoll
+    when the proxy was started with C{<&-}): reading that is meaningless.
 
-    C{os.readv} fills one preallocated buffer, so no intermediate C{bytes}
-    copies of the key are left behind for the garbage collector.
+    @raise InvalidKey: C{fd} is not an open pipe, file, socket or terminal.
     """
-    buffer = bytearray(limit + 1)
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        raise InvalidKey(
+            "no API key: standard input is closed (pipe the key in)"
+        ) from None
+    if not (
+        stat.S_ISFIFO(mode)
+        or stat.S_ISREG(mode)
+        or stat.S_ISCHR(mode)
+        or stat.S_ISSOCK(mode)
+    ):
+        raise InvalidKey("no API key: standard input is closed (pipe the key in)")
+
+
+def _readAll(fd: int, buffer: bytearray) -> int:
+    """
+    Read from C{fd} into C{buffer} until EOF or until it is full; return how
+    many bytes arrived.
+
+    C{os.readv} fills the one preallocated buffer, so no intermediate
+    C{bytes} copies of the key are left behind for the garbage collector.
+    The buffer is never resized either: shrinking a C{bytearray} may
+    C{realloc} it and free the old block without zeroing it.
+    """
     view = memoryview(buffer)
     filled = 0
-    while filled <= limit:
-        count = os.readv(fd, [view[filled:]])
-        if not count:
-            break
-        filled += count
-    view.release()
-    del buffer[filled:]
-    return buffer
+    try:
+        while filled < len(buffer):
+            count = os.readv(fd, [view[filled:]])
+            if not count:
+                break
+            filled += count
+    finally:
+        view.release()
+    return filled
 
 
-def _validate(key: bytearray) -> None:
-    if not key:
+def _keyLength(raw: bytearray, filled: int) -> int:
+    """
+    The key's length once one trailing C{\\n} or C{\\r\\n} is left out
+    (compared byte by byte: slicing would make another copy of the key).
+    """
+    if filled >= 1 and raw[filled - 1] == 0x0A:
+        if filled >= 2 and raw[filled - 2] == 0x0D:
+            return filled - 2
+        return filled - 1
+    return filled
+
+
+def _validate(key: memoryview) -> None:
+    if not len(key):
         raise InvalidKey("no API key on standard input (it was empty)")
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidKey(
@@ -96,26 +136,26 @@ def _validate(key: bytearray) -> None:
         )
 
 
-def _stripLineEnd(raw: bytearray) -> None:
-    if raw.endswith(b"\r\n"):
-        del raw[-2:]
-    elif raw.endswith(b"\n"):
-        del raw[-1:]
-
-
 def readAuthHeader(fd: int = 0, *, requireLock: bool = False) -> AuthHeader:
     """
     Read the key from C{fd} and build the locked C{Bearer <key>} header value.
 
-    @raise InvalidKey: the input is empty, too long or has other characters.
-    @raise OSError: C{requireLock} is set and C{mlock} failed.
+    @raise InvalidKey: the input is closed, empty, too long or has other
+        characters.
+    @raise OSError: reading failed, or C{requireLock} is set and C{mlock}
+        failed.
     """
-    raw = _readAll(fd, MAX_KEY_LENGTH + 2)
+    checkReadable(fd)
+    # Room for the longest key, its CR LF, and one byte to detect "longer".
+    raw = bytearray(MAX_KEY_LENGTH + 3)
     scratch = bytearray()
     try:
-        _stripLineEnd(raw)
-        _validate(raw)
-        scratch = bytearray(b"Bearer ") + raw
+        length = _keyLength(raw, _readAll(fd, raw))
+        with memoryview(raw) as view:
+            _validate(view[:length])
+            scratch = bytearray(len(_PREFIX) + length)
+            scratch[: len(_PREFIX)] = _PREFIX
+            scratch[len(_PREFIX) :] = view[:length]
         header = AuthHeader(bytes(scratch))
     finally:
         raw[:] = bytes(len(raw))
@@ -124,6 +164,7 @@ def readAuthHeader(fd: int = 0, *, requireLock: bool = False) -> AuthHeader:
         header.lock()
     except OSError as e:
         if requireLock:
+            header.wipe()
             raise
         _log.warn("Could not mlock the API key buffer: {error}", error=str(e))
     return header
