@@ -143,4 +143,19 @@ def makeService(
         endpoint, site, config["listen"], config["server-info"]
     ).setServiceParent(top)
     reactor.addSystemEventTrigger("after", "shutdown", authorization.wipe)
+    reactor.addSystemEventTrigger("after", "shutdown", forgetExitSignal, reactor)
     return top
+
+
+def forgetExitSignal(reactor: Any) -> None:
+    """
+    Make SIGTERM and SIGINT a clean stop (exit status 0), as documented.
+
+    The reactor's signal handlers record the signal, and twistd re-raises it
+    on itself once the reactor has stopped, so C{twistd -n} would otherwise
+    exit 143 or 130 where the console script exits 0. The attribute is part
+    of Twisted's C{_ISupportsExitSignalCapturing}; reactors without it are
+    left alone.
+    """
+    if getattr(reactor, "_exitSignal", None) is not None:
+        reactor._exitSignal = None
