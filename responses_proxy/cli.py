@@ -26,6 +26,8 @@ class CLIOptions(ProxyOptions):
     The plugin's options plus how to log.
     """
 
+    synopsis = "Usage: responses-api-proxy [options] < api-key"
+
     optParameters = [
         *ProxyOptions.optParameters,
         ["log-format", None, "text", "Log as 'text' or 'json' (one object per line)."],
@@ -45,7 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as e:
-        sys.stderr.write(f"{config}\nresponses-api-proxy: {e}\n")
+        sys.stderr.write(
+            f"{config.getSynopsis()}\nresponses-api-proxy: {e}\n"
+            "Run 'responses-api-proxy --help' for the options.\n"
+        )
         sys.exit(2)
 
     from twisted.internet import reactor
