@@ -9,6 +9,12 @@ while they are still being read.
     its first byte (or of the connection, or of the previous response), so
     a client that never finishes cannot hold a connection; once the request
     is complete the clock stops, and a slow upstream never trips it.
+  - The request head is parsed strictly, as a proxy must (RFC 9112): bare
+    LF or CR line endings and obs-folded header lines are a 400 at once
+    (a different parser downstream could split them differently), and
+    heads over C{MAX_HEADER_BYTES} or C{MAX_HEADERS} are a 431. All of the
+    proxy's refusals while reading are complete JSON errors that close the
+    connection.
   - Form bodies are never parsed (C{parsePOSTFormSubmission=False}): the
     body is opaque bytes for the upstream.
 """
@@ -25,6 +31,9 @@ from responses_proxy.errors import rawErrorResponse
 
 DEFAULT_MAX_REQUEST_BODY = 64 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 60.0
+# The request line plus all header lines, and the number of header lines.
+MAX_HEADER_BYTES = 16384
+MAX_HEADERS = 500
 
 
 class ProxyRequest(server.Request):
@@ -87,6 +96,10 @@ class ProxyChannel(http.HTTPChannel):
 
     _deadline: IDelayedCall | None = None
     site: ProxySite
+    totalHeadersSize = MAX_HEADER_BYTES
+    maxHeaders = MAX_HEADERS
+    # No single line may be longer than the whole head may be.
+    MAX_LENGTH = MAX_HEADER_BYTES
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -120,14 +133,73 @@ class ProxyChannel(http.HTTPChannel):
         self._cancelDeadline()
         super().connectionLost(reason)
 
+    # Strict parsing of the request head.
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        # Whatever is still buffered in line mode is an unfinished head line;
+        # a LF in it cannot be part of a CRLF, so the client uses bare LFs.
+        if self.line_mode and b"\n" in self._buffer and not self._refused:
+            self._badRequest("bare LF line ending")
+
+    def lineReceived(self, line: bytes) -> None:
+        if b"\n" in line or b"\r" in line:
+            self._badRequest("bare CR or LF line ending")
+        elif line[:1] in (b" ", b"\t"):
+            self._badRequest("obs-folded or indented header line")
+        elif self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._headTooLarge()
+        else:
+            super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._headTooLarge()
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self._headTooLarge()
+            return False
+        return bool(super().headerReceived(line))
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's own refusal is a bare "400 Bad Request" with no body.
+        self._badRequest("malformed request")
+
+    def _badRequest(self, why: str) -> None:
+        self.refuseRequest(
+            rawErrorResponse(
+                400,
+                f"The request is not valid HTTP/1.1 ({why}).",
+                "invalid_request_error",
+                "bad_request",
+            )
+        )
+
+    def _headTooLarge(self) -> None:
+        self.refuseRequest(
+            rawErrorResponse(
+                431,
+                f"The request line and headers exceed the proxy's limit of "
+                f"{self.totalHeadersSize} bytes or {self.maxHeaders} headers.",
+                "invalid_request_error",
+                "request_header_fields_too_large",
+            )
+        )
+
+    _refused = False
+
     def refuseRequest(self, response: bytes) -> None:
         """
         Answer C{response} while the request is still being read, and close.
         """
+        if self._refused:
+            return
+        self._refused = True
         self._cancelDeadline()
         self.transport.write(response)
         self.loseConnection()
         self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        self.lineReceived = lambda line: None  # type: ignore[method-assign]
 
 
 class ProxySite(server.Site):

@@ -1,0 +1,635 @@
+"""
+Hostile HTTP over raw sockets: only the exact C{POST /v1/responses} is ever
+forwarded; malformed, ambiguous and smuggling requests get a 4xx (or a
+closed connection), reach nobody, and never disturb the next client.
+
+The raw-HTTP helpers here (L{parseResponse}, L{blockingExchange},
+L{goodRequest}) are shared with the other adversarial test modules.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor, threads
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from tests.support import rawExchange, startFakeUpstream, startProxy
+
+# Raw HTTP helpers ------------------------------------------------------------
+
+
+@dataclass
+class RawResponse:
+    """
+    One HTTP/1.1 response parsed from raw bytes, with its framing checked.
+
+    @ivar complete: the body is exactly as long as its framing announced
+        (C{Content-Length}, or chunked up to the terminating chunk).
+    @ivar framing: C{"length"}, C{"chunked"} or C{"close"}.
+    """
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    complete: bool
+    framing: str
+    rest: bytes = b""
+
+    def header(self, name: bytes) -> list[bytes]:
+        """
+        All values of header C{name} (case-insensitive).
+        """
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+def _dechunk(data: bytes) -> tuple[bytes, bool, bytes]:
+    body = bytearray()
+    position = 0
+    while True:
+        end = data.find(b"\r\n", position)
+        if end == -1:
+            return bytes(body), False, b""
+        sizeText = data[position:end].split(b";")[0].strip()
+        try:
+            size = int(sizeText, 16)
+        except ValueError:
+            return bytes(body), False, b""
+        position = end + 2
+        if size == 0:
+            trailerEnd = data.find(b"\r\n\r\n", position - 2)
+            if trailerEnd == -1:
+                return bytes(body), False, b""
+            return bytes(body), True, data[trailerEnd + 4 :]
+        if len(data) < position + size + 2:
+            body += data[position : position + size]
+            return bytes(body), False, b""
+        body += data[position : position + size]
+        if data[position + size : position + size + 2] != b"\r\n":
+            return bytes(body), False, b""
+        position += size + 2
+
+
+def parseResponse(data: bytes, *, closed: bool = True) -> RawResponse | None:
+    """
+    Parse the first response in C{data}; L{None} if not even its head arrived.
+
+    C{closed} says the connection ended after C{data}, which completes a
+    response framed by connection close.
+    """
+    head, separator, rest = data.partition(b"\r\n\r\n")
+    if not separator:
+        return None
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    headers = []
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers.append((name.strip(), value.strip()))
+    response = RawResponse(status, headers, b"", False, "close")
+    lengths = response.header(b"content-length")
+    if any(v.lower() == b"chunked" for v in response.header(b"transfer-encoding")):
+        response.framing = "chunked"
+        response.body, response.complete, response.rest = _dechunk(rest)
+    elif lengths:
+        response.framing = "length"
+        length = int(lengths[0])
+        response.body = rest[:length]
+        response.rest = rest[length:]
+        response.complete = len(response.body) == length
+    elif status in (204, 304) or 100 <= status < 200:
+        response.complete = True
+        response.rest = rest
+    else:
+        response.body = rest
+        response.complete = closed
+    return response
+
+
+def blockingExchange(
+    port: int, payload: bytes, timeout: float = 10.0
+) -> tuple[bytes, bool]:
+    """
+    Send C{payload} on a fresh blocking socket and read until the server
+    closes; returns the bytes and whether the close was a reset.
+
+    For use from a thread (L{threads.deferToThread}), never the reactor's.
+    """
+    received = bytearray()
+    reset = False
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(payload)
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        except ConnectionResetError:
+            reset = True
+    return bytes(received), reset
+
+
+def goodRequest(
+    body: bytes = b'{"model": "m", "input": "hi"}', **headers: str
+) -> bytes:
+    """
+    A well-formed C{POST /v1/responses} that closes the connection after.
+    """
+    extra = b"".join(
+        f"{name.replace('_', '-')}: {value}\r\n".encode()
+        for name, value in headers.items()
+    )
+    return (
+        b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n%s\r\n%s"
+    ) % (len(body), extra, body)
+
+
+# Property-based routing ------------------------------------------------------
+
+_TCHARS = (
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+_VCHARS = "".join(chr(c) for c in range(0x21, 0x7F))
+
+_methods = st.one_of(
+    st.sampled_from(
+        [
+            "POST",
+            "post",
+            "Post",
+            "GET",
+            "HEAD",
+            "PUT",
+            "DELETE",
+            "OPTIONS",
+            "PATCH",
+            "TRACE",
+            "CONNECT",
+            "PROPFIND",
+            "POSTX",
+        ]
+    ),
+    st.text(_TCHARS, min_size=1, max_size=12),
+)
+
+_targetPieces = st.sampled_from(
+    [
+        "/v1/responses",
+        "/v1/responses/",
+        "/v1/responses?",
+        "/v1/responses?stream=true",
+        "/v1/responses#",
+        "/v1/responses;x",
+        "/v1//responses",
+        "//v1/responses",
+        "/v1/./responses",
+        "/v1/../v1/responses",
+        "/v1/%72esponses",
+        "/v1/responses%00",
+        "/v1/responses%2F",
+        "/V1/responses",
+        "/v1/Responses",
+        "/v1/responses/x",
+        "/v1",
+        "/",
+        "*",
+        "/shutdown",
+        "/shutdown?x",
+        "http://127.0.0.1/v1/responses",
+        "http://api.openai.com/v1/responses",
+        "/v1/models",
+        "/v1/files",
+        "/v2/responses",
+    ]
+)
+
+_targets = st.one_of(
+    _targetPieces,
+    st.builds(lambda a, b: a + b, _targetPieces, st.text(_VCHARS, max_size=8)),
+    st.builds(lambda b: "/" + b, st.text(_VCHARS, max_size=24)),
+)
+
+_headerNames = st.one_of(
+    st.sampled_from(
+        [
+            "Authorization",
+            "Host",
+            "X-Forwarded-For",
+            "X-HTTP-Method-Override",
+            "X-Original-URL",
+            "X-Rewrite-URL",
+            "Cookie",
+            "Expect",
+            "Upgrade",
+            "Forwarded",
+            "X-Fake-Scenario",
+            "Accept",
+        ]
+    ),
+    st.text(_TCHARS, min_size=1, max_size=16),
+)
+_headerValues = st.text(_VCHARS + " \t", max_size=40).map(str.strip)
+_reservedHeaders = {"content-length", "transfer-encoding", "connection", "expect"}
+_headerSets = st.lists(
+    st.tuples(_headerNames, _headerValues).filter(
+        lambda pair: pair[0].lower() not in _reservedHeaders
+    ),
+    max_size=8,
+)
+
+
+def _request(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
+    body = b'{"input": "x"}'
+    lines = [f"{method} {target} HTTP/1.1", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class RoutingPropertyTests(TestCase):
+    """
+    Whatever the method, target and headers, only exact C{POST /v1/responses}
+    reaches the upstream.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_onlyExactFormForwarded(self) -> None:
+        """
+        For generated methods, request targets and header sets, the answer is
+        403 (and the upstream records nothing) unless the method is exactly
+        C{POST} and the target exactly C{/v1/responses}, which is forwarded
+        once.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url, "--http-shutdown")
+        seen = upstream.resource.requests
+        stats = {"forwarded": 0, "refused": 0}
+
+        @settings(
+            max_examples=250,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        @given(method=_methods, target=_targets, headers=_headerSets)
+        def check(method: str, target: str, headers: list[tuple[str, str]]) -> None:
+            # Never send the one request that legitimately stops the proxy.
+            if method == "GET" and target == "/shutdown":
+                target = "/shutdown/"
+            before = len(seen)
+            data, _ = blockingExchange(proxy.port, _request(method, target, headers))
+            response = parseResponse(data)
+            assert response is not None, (method, target, data[:200])
+            exact = method == "POST" and target == "/v1/responses"
+            if exact:
+                assert response.status == 200, (target, response.status)
+                assert len(seen) == before + 1
+                stats["forwarded"] += 1
+            else:
+                assert response.status == 403, (method, target, response.status)
+                if method != "HEAD":  # a HEAD answer has no body
+                    assert response.complete, (method, target, headers, data)
+                    error = json.loads(response.body)["error"]
+                    assert error["code"] == "forbidden", error
+                assert len(seen) == before, (method, target)
+                stats["refused"] += 1
+
+        started = time.monotonic()
+        yield threads.deferToThread(check)
+        self.assertLess(time.monotonic() - started, 30)
+        self.assertGreater(stats["refused"], 100)
+        self.assertTrue(all(r.uri == b"/v1/responses" for r in seen))
+
+
+# Malformed and smuggling input -----------------------------------------------
+
+_BODY = b'{"model": "m", "input": "hi"}'
+
+# (name, raw bytes): every one of them must be refused without forwarding.
+MALFORMED: list[tuple[str, bytes]] = [
+    ("garbage request line", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"),
+    ("missing version", b"POST /v1/responses\r\nHost: x\r\n\r\n"),
+    ("HTTP/2.0 version", b"POST /v1/responses HTTP/2.0\r\nHost: x\r\n\r\n"),
+    ("HTTP/0.9 style", b"GET /\r\n\r\n"),
+    ("extra spaces", b"POST  /v1/responses HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+    ("tab separator", b"POST\t/v1/responses HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+    ("lowercase version", b"POST /v1/responses http/1.1\r\nContent-Length: 0\r\n\r\n"),
+    (
+        "bare LF everywhere",
+        b"POST /v1/responses HTTP/1.1\nHost: x\nContent-Length: %d\n\n%s"
+        % (len(_BODY), _BODY),
+    ),
+    (
+        "bare LF in headers",
+        b"POST /v1/responses HTTP/1.1\r\nHost: x\nContent-Length: %d\r\n\r\n%s"
+        % (len(_BODY), _BODY),
+    ),
+    (
+        "bare CR in header",
+        b"POST /v1/responses HTTP/1.1\r\nHost: x\rX: y\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(_BODY), _BODY),
+    ),
+    (
+        "obs-folded header",
+        b"POST /v1/responses HTTP/1.1\r\nX-Folded: a\r\n b\r\nContent-Length: %d"
+        b"\r\n\r\n%s" % (len(_BODY), _BODY),
+    ),
+    (
+        "obs-folded content-length",
+        b"POST /v1/responses HTTP/1.1\r\nContent-Length:\r\n %d\r\n\r\n%s"
+        % (len(_BODY), _BODY),
+    ),
+    (
+        "leading whitespace header",
+        b"POST /v1/responses HTTP/1.1\r\n Host: x\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(_BODY), _BODY),
+    ),
+    (
+        "space before colon",
+        b"POST /v1/responses HTTP/1.1\r\nContent-Length : %d\r\n\r\n%s"
+        % (len(_BODY), _BODY),
+    ),
+    (
+        "header without colon",
+        b"POST /v1/responses HTTP/1.1\r\nNoColonHere\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(_BODY), _BODY),
+    ),
+    (
+        "content-length and transfer-encoding (CL.TE)",
+        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 6\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+    ),
+    (
+        "transfer-encoding and content-length (TE.CL)",
+        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n",
+    ),
+    (
+        "two different content-lengths",
+        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 30"
+        b"\r\n\r\n" + _BODY,
+    ),
+    (
+        "two equal content-lengths",
+        b"POST /v1/responses HTTP/1.1\r\nContent-Length: %d\r\nContent-Length: %d"
+        b"\r\n\r\n%s" % (len(_BODY), len(_BODY), _BODY),
+    ),
+    (
+        "comma-listed content-length",
+        b"POST /v1/responses HTTP/1.1\r\nContent-Length: %d, %d\r\n\r\n%s"
+        % (len(_BODY), len(_BODY), _BODY),
+    ),
+    (
+        "signed content-length",
+        b"POST /v1/responses HTTP/1.1\r\nContent-Length: +%d\r\n\r\n%s"
+        % (len(_BODY), _BODY),
+    ),
+    (
+        "negative content-length",
+        b"POST /v1/responses HTTP/1.1\r\nContent-Length: -1\r\n\r\n" + _BODY,
+    ),
+    (
+        "hex content-length",
+        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 0x1d\r\n\r\n" + _BODY,
+    ),
+    (
+        "transfer-encoding chunked twice",
+        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "transfer-encoding list",
+        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "transfer-encoding obfuscated",
+        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "transfer-encoding with trailing garbage",
+        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked;x\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "chunk size with 0x prefix",
+        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0x5\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "negative chunk size",
+        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"-5\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "non-hex chunk size",
+        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "chunk shorter than its size",
+        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "chunk size with bare LF",
+        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "overlong chunk size line",
+        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"0" * 20000
+        + b"5\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "NUL in request target",
+        b"POST /v1/responses\x00 HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    ),
+    (
+        "NUL in header value",
+        b"POST /v1/responses HTTP/1.1\r\nX-A: a\x00b\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(_BODY), _BODY),
+    ),
+    (
+        "NUL in header name",
+        b"POST /v1/responses HTTP/1.1\r\nX\x00A: a\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(_BODY), _BODY),
+    ),
+    (
+        "non-ASCII in header name",
+        b"POST /v1/responses HTTP/1.1\r\nX-\xc3\xa9: a\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(_BODY), _BODY),
+    ),
+    (
+        "one 1 MB header line",
+        b"POST /v1/responses HTTP/1.1\r\nX-Big: "
+        + b"a" * (1 << 20)
+        + b"\r\nContent-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY),
+    ),
+    (
+        "10,000 headers",
+        b"POST /v1/responses HTTP/1.1\r\n"
+        + b"".join(b"X-H%d: v\r\n" % i for i in range(10000))
+        + b"Content-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY),
+    ),
+]
+
+_HIDDEN = b"POST /v1/responses HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+
+# Requests that are valid HTTP but carry a second request inside their body
+# or right after it: only the first may be forwarded, with exactly its body.
+SMUGGLING: list[tuple[str, bytes, bytes]] = [
+    (
+        "CL.TE: chunked terminator inside a Content-Length body",
+        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 49\r\n"
+        b"Transfer-Encoding : chunked\r\n\r\n"
+        b"0\r\n\r\nGET /shutdown HTTP/1.1\r\nHost: x\r\n\r\n\r\n",
+        b"",
+    ),
+    (
+        "request after a zero Content-Length",
+        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n"
+        b"\r\nPOST /v1/responses HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+        b"",
+    ),
+    (
+        "request hidden after the terminating chunk",
+        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+        b"hello",
+    ),
+    (
+        "request line inside a Content-Length body",
+        b"POST /v1/responses HTTP/1.1\r\nConnection: close\r\nContent-Length: %d\r\n"
+        b"\r\n%s" % (len(_HIDDEN), _HIDDEN),
+        _HIDDEN,
+    ),
+    (
+        "pipelined forbidden request",
+        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+        b"GET /v1/models HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"hello",
+    ),
+]
+
+
+class MalformedInputTests(TestCase):
+    """
+    Malformed framing, headers and request lines are refused at the door.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_malformedRefused(self) -> None:
+        """
+        Each malformed request gets a 4xx (or its connection closed without
+        an answer), nothing reaches the upstream, and the proxy answers a
+        good request right after it.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url, "--request-timeout", "1")
+        seen = upstream.resource.requests
+        for name, payload in MALFORMED:
+            started = reactor.seconds()
+            data = yield rawExchange(proxy.port, payload, timeout=5)
+            elapsed = reactor.seconds() - started
+            response = parseResponse(data)
+            if response is not None:
+                self.assertTrue(400 <= response.status < 500, f"{name}: {data[:200]!r}")
+            self.assertLess(elapsed, 3, f"{name}: not refused promptly")
+            self.assertEqual(seen, [], f"{name}: reached the upstream")
+            data = yield rawExchange(proxy.port, goodRequest())
+            good = parseResponse(data)
+            self.assertIsNotNone(good, f"after {name}")
+            assert good is not None
+            self.assertEqual((good.status, good.complete), (200, True), name)
+            self.assertEqual([r.body for r in seen], [_BODY], name)
+            del seen[:]
+
+    @inlineCallbacks
+    def test_malformedRefusedPromptly(self) -> None:
+        """
+        Bare LFs and obs-folding are refused with a 400 right away, not left
+        to the request timeout.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url, "--request-timeout", "30")
+        for name, payload in MALFORMED:
+            if "bare LF" not in name and "folded" not in name:
+                continue
+            data = yield rawExchange(proxy.port, payload, timeout=5)
+            response = parseResponse(data)
+            self.assertIsNotNone(response, f"{name}: no answer within 5 s")
+            assert response is not None
+            self.assertEqual(response.status, 400, name)
+        self.assertEqual(upstream.resource.requests, [])
+
+    @inlineCallbacks
+    def test_smugglingForwardsOnlyTheDeclaredBody(self) -> None:
+        """
+        A second request hidden in or after a body is never forwarded as a
+        request: the upstream sees at most the one legitimate request, with
+        exactly its declared body, and the proxy keeps serving.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(
+            self, upstream.url, "--request-timeout", "1", "--http-shutdown"
+        )
+        seen = upstream.resource.requests
+        for name, payload, body in SMUGGLING:
+            data = yield rawExchange(proxy.port, payload, timeout=5)
+            self.assertLessEqual(len(seen), 1, name)
+            for request in seen:
+                self.assertEqual(request.uri, b"/v1/responses", name)
+                self.assertEqual(request.body, body, name)
+            responses = []
+            while data:
+                response = parseResponse(data)
+                if response is None:
+                    break
+                responses.append(response.status)
+                data = response.rest
+            self.assertTrue(responses, f"{name}: no answer")
+            self.assertNotIn(200, responses[1:], name)
+            del seen[:]
+            data = yield rawExchange(proxy.port, goodRequest())
+            good = parseResponse(data)
+            assert good is not None, name
+            self.assertEqual(good.status, 200, name)
+            self.assertEqual([r.body for r in seen], [_BODY], name)
+            del seen[:]
+
+    @inlineCallbacks
+    def test_errorsAreJSON(self) -> None:
+        """
+        The proxy's own 400 for a malformed request is a complete JSON error
+        that closes the connection.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url)
+        data = yield rawExchange(
+            proxy.port,
+            b"POST /v1/responses HTTP/1.1\r\nContent-Length: 1\r\n"
+            b"Content-Length: 2\r\n\r\nab",
+        )
+        response = parseResponse(data)
+        assert response is not None
+        self.assertEqual(response.status, 400)
+        self.assertTrue(response.complete)
+        self.assertEqual(response.header(b"content-type"), [b"application/json"])
+        self.assertIn("error", json.loads(response.body))
