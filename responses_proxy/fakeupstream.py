@@ -12,7 +12,9 @@ request with headers, which the proxy forwards unchanged:
     C{silent} (silence before headers), C{redirect}, C{cookie}, C{big}, C{echo};
   - C{x-fake-events}, C{x-fake-interval-ms}: SSE event count and spacing;
   - C{x-fake-status}: the status for C{status}; C{x-fake-bytes}: size for C{big};
-  - C{x-fake-delay-ms}: silence length for C{stall} and C{silent}.
+  - C{x-fake-delay-ms}: silence length for C{stall} and C{silent};
+  - C{x-fake-response-headers}: a JSON list of C{[name, value]} pairs
+    added to any scenario's response headers.
 
 Every request is recorded in L{FakeUpstream.requests}.
 """
@@ -142,6 +144,16 @@ def _intHeader(request: Request, name: bytes, default: int) -> int:
         return default
 
 
+def _addResponseHeaders(request: Request) -> None:
+    extra = request.getHeader(b"x-fake-response-headers")
+    if extra is None:
+        return
+    for name, value in json.loads(extra):
+        request.responseHeaders.addRawHeader(
+            name.encode("latin-1"), value.encode("latin-1")
+        )
+
+
 @dataclass
 class _Stream:
     """
@@ -217,6 +229,7 @@ class FakeUpstream(Resource):
             request.setResponseCode(400)
             return b"unknown scenario\n"
         request.setHeader(b"x-request-id", b"req_fake_%d" % len(self.requests))
+        _addResponseHeaders(request)
         return handler(request, body)
 
     def _sse(self, request: Request, body: bytes, abortAfter: int | None) -> object:
@@ -265,6 +278,7 @@ class FakeUpstream(Resource):
 
     def scenario_redirect(self, request: Request, body: bytes) -> bytes:
         request.setResponseCode(302)
+        request.defaultContentType = None
         request.setHeader(b"location", b"http://127.0.0.1:9/elsewhere")
         return b"redirected\n"
 

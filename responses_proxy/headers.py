@@ -68,8 +68,12 @@ def mirrorResponseHeaders(upstream: Headers, outgoing: Headers) -> None:
     """
     Copy the upstream response's end-to-end headers to the client response.
 
-    C{Content-Length} is kept: the body is relayed unchanged, and if the
-    upstream dies early the client connection is aborted, so a wrong length
-    can never be presented as complete.
+    The Agent's parser keeps connection-control headers (C{Connection},
+    C{Content-Length}, C{Transfer-Encoding}, C{Keep-Alive}, ...) out of
+    C{upstream}, so twisted.web frames the relayed body itself (chunked for
+    HTTP/1.1), and an upstream that dies early makes the proxy abort the
+    client connection, so a truncated body never looks complete. For the
+    same reason, headers named only by the upstream's C{Connection} header
+    cannot be recognised here and are passed on.
     """
     _copyEndToEnd(upstream, outgoing, frozenset())
