@@ -1,0 +1,571 @@
+"""
+Running under systemd: the units verify, and the proxy speaks systemd's
+protocols. The tests play systemd themselves: they create the listening
+socket and hand it over at fd 3 with C{LISTEN_FDS}/C{LISTEN_PID}/
+C{LISTEN_FDNAMES}, listen on a C{NOTIFY_SOCKET} datagram socket, and check
+that C{READY=1} arrives only once the port answers and server-info exists,
+that C{STATUS=} names the address, and that SIGTERM brings C{STOPPING=1}.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest, TestCase
+
+from responses_proxy import sdnotify
+from tests.support import (
+    CANARY_KEY,
+    _Capture,
+    childEnvironment,
+    rawExchange,
+    readServerInfo,
+    scriptPath,
+    startFakeUpstream,
+    waitFor,
+)
+
+UNIT_DIRECTORY = os.path.join(os.path.dirname(__file__), "..", "contrib", "systemd")
+INSTALL_BIN = "/opt/responses-api-proxy/bin/"
+SERVICES = ["responses-api-proxy.service", "responses-api-proxy-activated.service"]
+FD_NAME = "responses-api-proxy"
+
+# What systemd does between fork and exec, for the part that needs the
+# child's own pid: LISTEN_PID must equal getpid() of the process that reads it.
+EXEC_AS_SYSTEMD = (
+    "import os, sys; os.environ['LISTEN_PID'] = str(os.getpid()); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def readUnit(name: str) -> str:
+    with open(os.path.join(UNIT_DIRECTORY, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def unitSettings(text: str) -> list[tuple[str, str, str]]:
+    """
+    C{(section, key, value)} for each setting line of a unit file.
+    """
+    section = ""
+    settings = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        settings.append((section, key, value))
+    return settings
+
+
+def renderUnit(text: str) -> str:
+    """
+    The unit as installed into this test environment's virtualenv.
+    """
+    return text.replace(INSTALL_BIN, os.path.dirname(scriptPath("twistd")) + "/")
+
+
+def execStartArgv(unit: str) -> list[str]:
+    """
+    The unit's C{ExecStart=} as the argv systemd would exec: words split,
+    C{$$} unescaped to C{$}, paths pointing at this virtualenv.
+    """
+    [value] = [v for s, k, v in unitSettings(renderUnit(unit)) if k == "ExecStart"]
+    return [word.replace("$$", "$") for word in shlex.split(value)]
+
+
+# Playing systemd --------------------------------------------------------------
+
+
+@dataclass
+class NotifySocket(DatagramProtocol):
+    """
+    A C{NOTIFY_SOCKET}: records each message, and runs C{onReady} (once)
+    the moment C{READY=1} arrives.
+    """
+
+    path: str
+    onReady: Callable[[], Any] | None = None
+    messages: list[str] = field(default_factory=list)
+    readyState: Any = None
+
+    def datagramReceived(self, data: bytes, addr: Any = None) -> None:
+        message = data.decode("utf-8")
+        self.messages.append(message)
+        if "READY=1" in message.split("\n") and self.onReady is not None:
+            self.readyState, self.onReady = self.onReady(), None
+
+    def seen(self, line: str) -> bool:
+        return any(line in m.split("\n") for m in self.messages)
+
+
+def shortPath(testCase: TestCase, name: str) -> str:
+    """
+    A path in a fresh short directory: C{AF_UNIX} paths are limited to 108
+    bytes, which trial's per-test temporary paths can exceed.
+    """
+    directory = tempfile.mkdtemp(prefix="rap-")
+    testCase.addCleanup(shutil.rmtree, directory, True)
+    return os.path.join(directory, name)
+
+
+def listenNotify(testCase: TestCase, onReady: Callable[[], Any]) -> NotifySocket:
+    path = shortPath(testCase, "notify")
+    notify = NotifySocket(path, onReady)
+    port = reactor.listenUNIXDatagram(path, notify)
+    testCase.addCleanup(port.stopListening)
+    return notify
+
+
+def spawnWithListenFDs(
+    testCase: TestCase, argv: list[str], listening: socket.socket | None, env: dict
+) -> _Capture:
+    """
+    Start C{argv} the way systemd starts a socket-activated service: the
+    listening socket at fd 3 and the C{LISTEN_*} variables describing it.
+    """
+    capture = _Capture(CANARY_KEY.encode())
+    childFDs: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+    if listening is not None:
+        childFDs[3] = listening.fileno()
+        env = {**env, "LISTEN_FDS": "1", "LISTEN_FDNAMES": FD_NAME}
+        argv = [sys.executable, "-c", EXEC_AS_SYSTEMD, *argv]
+    transport = reactor.spawnProcess(capture, argv[0], argv, env=env, childFDs=childFDs)
+
+    def cleanup() -> Deferred | None:
+        if capture.ended.called:
+            return None
+        transport.signalProcess("KILL")
+        return capture.ended
+
+    testCase.addCleanup(cleanup)
+    return capture
+
+
+def connects(family: int, address: Any) -> bool:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        try:
+            s.connect(address)
+        except OSError:
+            return False
+    return True
+
+
+class UnitFileTests(TestCase):
+    """
+    The units in contrib/systemd are valid and say what the docs promise.
+    """
+
+    @inlineCallbacks
+    def test_systemdAnalyzeVerify(self) -> None:
+        """
+        C{systemd-analyze verify} accepts every unit, rendered with this
+        virtualenv's paths (verify checks that executables exist), and
+        prints nothing.
+        """
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            raise SkipTest("systemd-analyze is not installed (Debian: systemd)")
+        directory = self.mktemp()
+        os.makedirs(directory)
+        names = sorted(os.listdir(UNIT_DIRECTORY))
+        for name in names:
+            with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+                f.write(renderUnit(readUnit(name)))
+        out, err, code = yield getProcessOutputAndValue(
+            analyze,
+            ["verify", "--man=no", *names],
+            env=childEnvironment(SYSTEMD_LOG_COLOR="0"),
+            path=directory,
+        )
+        self.assertEqual((code, out, err), (0, b"", b""))
+
+    def test_servicesShareOneSandbox(self) -> None:
+        """
+        Both services run the same command (bar the listen option) under the
+        same sandbox, so the two cannot drift apart.
+        """
+
+        def service(name: str) -> list[tuple[str, str, str]]:
+            return [
+                (s, k, v.replace("--port 8080", "LISTEN"))
+                for s, k, v in unitSettings(readUnit(name))
+                if s == "Service"
+            ]
+
+        standalone, activated = map(service, SERVICES)
+        activatedListen = "--listen systemd:domain=INET:name=" + FD_NAME
+        self.assertEqual(
+            standalone,
+            [(s, k, v.replace(activatedListen, "LISTEN")) for s, k, v in activated],
+        )
+
+    def test_keyOnlyThroughCredentials(self) -> None:
+        """
+        The key comes from C{LoadCredential=} on standard input: no unit
+        holds a key or names one in its environment.
+        """
+        for name in SERVICES:
+            unit = readUnit(name)
+            settings = unitSettings(unit)
+            self.assertIn(
+                (
+                    "Service",
+                    "LoadCredential",
+                    "openai-api-key:/etc/credstore/openai-api-key",
+                ),
+                settings,
+            )
+            values = "\n".join(value for _, _, value in settings)
+            self.assertNotIn("OPENAI_API_KEY", values)
+            self.assertNotRegex(unit, r"sk-[A-Za-z0-9]")
+            [execStart] = [v for s, k, v in settings if k == "ExecStart"]
+            self.assertIn('< "$${CREDENTIALS_DIRECTORY}/openai-api-key"', execStart)
+            self.assertIn("--nodaemon --pidfile= responses-api-proxy", execStart)
+            self.assertIn(("Service", "Type", "notify"), settings)
+            self.assertIn(("Service", "NotifyAccess", "main"), settings)
+
+    def test_socketNamesTheDescriptor(self) -> None:
+        """
+        The socket unit names its descriptor as the activated service asks.
+        """
+        settings = unitSettings(readUnit("responses-api-proxy-activated.socket"))
+        self.assertIn(("Socket", "FileDescriptorName", FD_NAME), settings)
+        self.assertIn(("Socket", "ListenStream", "127.0.0.1:8080"), settings)
+
+    @inlineCallbacks
+    def test_execStartAsSystemdRunsIt(self) -> None:
+        """
+        The standalone unit's own C{ExecStart=} (port 0 instead of 8080),
+        run with the directories systemd would provide, reads the key from
+        the credential file, writes server-info into the runtime directory
+        and reports ready.
+        """
+        upstream = startFakeUpstream(self)
+        credentials, runtime = self.mktemp(), self.mktemp()
+        os.makedirs(credentials)
+        os.makedirs(runtime)
+        with open(os.path.join(credentials, "openai-api-key"), "w") as f:
+            f.write(CANARY_KEY + "\n")
+        argv = [
+            "0" if word == "8080" else word
+            for word in execStartArgv(readUnit(SERVICES[0]))
+        ]
+        # The unit's command line, plus the test upstream.
+        argv[-1] = argv[-1].replace(
+            "responses-api-proxy --port",
+            f"responses-api-proxy --upstream-url {upstream.url} --port",
+        )
+        self.assertEqual(argv[:2], ["/bin/sh", "-c"])
+        serverInfo = os.path.join(runtime, "server-info.json")
+        notify = listenNotify(self, lambda: readServerInfo(serverInfo))
+        env = childEnvironment(
+            NOTIFY_SOCKET=notify.path,
+            CREDENTIALS_DIRECTORY=credentials,
+            RUNTIME_DIRECTORY=runtime,
+            CODEX_SECURE_MODE="1",
+        )
+        capture = _Capture(None)
+        transport = reactor.spawnProcess(capture, argv[0], argv, env=env)
+        self.addCleanup(lambda: capture.ended.called or transport.signalProcess("KILL"))
+        yield waitFor(lambda: notify.readyState or capture.ended.called, timeout=30)
+        self.assertTrue(notify.readyState, capture.err.decode())
+        reply = yield rawExchange(
+            notify.readyState["port"],
+            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+            b"Connection: close\r\n\r\n{}",
+        )
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 "), reply[:200])
+        [seen] = upstream.resource.requests
+        self.assertEqual(
+            seen.header(b"authorization"), [f"Bearer {CANARY_KEY}".encode()]
+        )
+        transport.signalProcess("TERM")
+        result = yield capture.ended
+        self.assertEqual(result.exitCode, 0, result.stderr.decode())
+        self.assertTrue(notify.seen("STOPPING=1"))
+
+
+class SocketActivationTests(TestCase):
+    """
+    twistd started like systemd starts the activated service.
+    """
+
+    def twistdArgv(self, listen: str, serverInfo: str, upstreamURL: str) -> list[str]:
+        return [
+            scriptPath("twistd"),
+            "--nodaemon",
+            "--pidfile=",
+            "responses-api-proxy",
+            "--listen",
+            listen,
+            "--server-info",
+            serverInfo,
+            "--upstream-url",
+            upstreamURL,
+        ]
+
+    @inlineCallbacks
+    def checkLifecycle(
+        self,
+        listen: str,
+        family: int,
+        address: Any,
+        listening: socket.socket | None,
+        expectedPort: int | None,
+        status: str,
+    ) -> Any:
+        """
+        READY=1 after the port answers and server-info exists; STATUS names
+        the address; a request is forwarded; SIGTERM sends STOPPING=1,
+        removes server-info and exits 0.
+        """
+        upstream = startFakeUpstream(self)
+        serverInfo = os.path.join(self.mktemp() + "-server-info.json")
+
+        def atReady() -> dict[str, Any]:
+            # Checked synchronously, the moment the datagram arrives.
+            return {
+                "connects": connects(family, address),
+                "serverInfo": readServerInfo(serverInfo),
+            }
+
+        notify = listenNotify(self, atReady)
+        env = childEnvironment(NOTIFY_SOCKET=notify.path)
+        capture = spawnWithListenFDs(
+            self, self.twistdArgv(listen, serverInfo, upstream.url), listening, env
+        )
+        yield waitFor(lambda: notify.readyState or capture.ended.called, timeout=30)
+        self.assertTrue(notify.readyState, capture.err.decode() + capture.out.decode())
+        self.assertEqual(notify.readyState["connects"], True)
+        info = notify.readyState["serverInfo"]
+        self.assertIsNotNone(info, "server-info missing when READY=1 arrived")
+        self.assertEqual(info["port"], expectedPort)
+        [ready] = [m for m in notify.messages if "READY=1" in m.split("\n")]
+        self.assertIn(f"STATUS=listening on {status}", ready.split("\n"))
+        self.assertIn(f"MAINPID={info['pid']}", ready.split("\n"))
+
+        reply = yield self.exchange(family, address)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 "), reply[:300])
+        self.assertEqual(len(upstream.resource.requests), 1)
+
+        capture.transport.signalProcess("TERM")
+        result = yield capture.ended
+        self.assertEqual(result.exitCode, 0, result.stderr.decode())
+        self.assertTrue(notify.seen("STOPPING=1"), notify.messages)
+        self.assertIsNone(readServerInfo(serverInfo))
+        return notify.messages
+
+    def exchange(self, family: int, address: Any) -> Deferred[bytes]:
+        request = (
+            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+            b"Connection: close\r\n\r\n{}"
+        )
+        if family != socket.AF_UNIX:
+            return rawExchange(address[1], request)
+        from twisted.internet.protocol import ClientCreator
+
+        from tests.support import _Collect
+
+        d = ClientCreator(reactor, _Collect).connectUNIX(address)
+
+        def send(proto: _Collect) -> Deferred[bytes]:
+            proto.transport.write(request)
+            return proto.done
+
+        return d.addCallback(send)
+
+    def inetSocket(self) -> socket.socket:
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listening.close)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(16)
+        return listening
+
+    def test_inheritedInetSocket(self) -> None:
+        """
+        C{--listen systemd:domain=INET:name=...} serves on the socket at
+        fd 3, and server-info reports its real port.
+        """
+        listening = self.inetSocket()
+        port = listening.getsockname()[1]
+        return self.checkLifecycle(
+            f"systemd:domain=INET:name={FD_NAME}",
+            socket.AF_INET,
+            ("127.0.0.1", port),
+            listening,
+            port,
+            f"127.0.0.1:{port}",
+        )
+
+    def test_inheritedByIndex(self) -> None:
+        """
+        C{index=0} finds the same descriptor as the name.
+        """
+        listening = self.inetSocket()
+        port = listening.getsockname()[1]
+        return self.checkLifecycle(
+            "systemd:domain=INET:index=0",
+            socket.AF_INET,
+            ("127.0.0.1", port),
+            listening,
+            port,
+            f"127.0.0.1:{port}",
+        )
+
+    def test_inheritedUnixSocket(self) -> None:
+        """
+        An inherited C{AF_UNIX} socket works too; server-info has no port.
+        """
+        path = shortPath(self, "proxy.sock")
+        listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(listening.close)
+        listening.bind(path)
+        listening.listen(16)
+        return self.checkLifecycle(
+            f"systemd:domain=UNIX:name={FD_NAME}",
+            socket.AF_UNIX,
+            path,
+            listening,
+            None,
+            path,
+        )
+
+    def test_unixEndpoint(self) -> None:
+        """
+        C{--listen unix:PATH:mode=660} binds the socket itself, with that mode.
+        """
+        path = shortPath(self, "proxy.sock")
+
+        @inlineCallbacks
+        def run() -> Any:
+            yield self.checkLifecycle(
+                f"unix:{path}:mode=660", socket.AF_UNIX, path, None, None, path
+            )
+
+        modes: list[int] = []
+        original = connects
+
+        def recordMode(family: int, address: Any) -> bool:
+            modes.append(os.stat(path).st_mode & 0o777)
+            return original(family, address)
+
+        self.patch(sys.modules[__name__], "connects", recordMode)
+        d = run()
+        d.addCallback(lambda _: self.assertEqual(modes, [0o660]))
+        return d
+
+    def test_tcpEndpoint(self) -> None:
+        """
+        C{--listen tcp:0:interface=127.0.0.1} reports the ephemeral port.
+        """
+        serverInfo = os.path.join(self.mktemp() + "-server-info.json")
+        upstream = startFakeUpstream(self)
+        notify = listenNotify(self, lambda: readServerInfo(serverInfo))
+        capture = spawnWithListenFDs(
+            self,
+            self.twistdArgv("tcp:0:interface=127.0.0.1", serverInfo, upstream.url),
+            None,
+            childEnvironment(NOTIFY_SOCKET=notify.path),
+        )
+
+        @inlineCallbacks
+        def check() -> Any:
+            yield waitFor(lambda: notify.readyState or capture.ended.called, timeout=30)
+            port = notify.readyState["port"]
+            self.assertTrue(
+                any(
+                    f"STATUS=listening on 127.0.0.1:{port}" in m
+                    for m in notify.messages
+                )
+            )
+            capture.transport.signalProcess("TERM")
+            result = yield capture.ended
+            self.assertEqual(result.exitCode, 0)
+            self.assertTrue(notify.seen("STOPPING=1"))
+
+        return check()
+
+
+class NotifyTests(TestCase):
+    """
+    L{sdnotify.notify} on its own.
+    """
+
+    def test_noSocketNoMessage(self) -> None:
+        """
+        Outside systemd (no C{NOTIFY_SOCKET}) nothing is sent, and that is fine.
+        """
+        self.assertFalse(sdnotify.notify("READY=1", {}))
+
+    def test_abstractSocket(self) -> None:
+        """
+        A leading C{@} names a socket in the abstract namespace.
+        """
+        name = f"responses-api-proxy-test-{os.getpid()}-{id(self)}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+            receiver.bind("\0" + name)
+            self.assertTrue(sdnotify.notify("READY=1", {"NOTIFY_SOCKET": "@" + name}))
+            self.assertEqual(receiver.recv(100), b"READY=1")
+
+    def test_goneSocket(self) -> None:
+        """
+        A socket path nobody listens on is reported, not raised.
+        """
+        path = os.path.abspath(self.mktemp())
+        self.assertFalse(sdnotify.notify("READY=1", {"NOTIFY_SOCKET": path}))
+
+
+MDWE_PROBE = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit(3)
+from OpenSSL import SSL
+try:
+    SSL.Context(SSL.TLS_METHOD).set_info_callback(lambda *a: None)
+except MemoryError:
+    sys.exit(1)
+"""
+
+
+class MemoryDenyWriteExecuteTests(TestCase):
+    """
+    Why the units say C{MemoryDenyWriteExecute=no}.
+    """
+
+    @inlineCallbacks
+    def test_pyOpenSSLCallbacksNeedWriteExecute(self) -> None:
+        """
+        Under the kernel's equivalent of C{MemoryDenyWriteExecute=yes}
+        (C{PR_SET_MDWE}), pyOpenSSL cannot create the callbacks Twisted sets
+        on every TLS connection. If this starts passing, turn it on in the
+        units.
+        """
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-c", MDWE_PROBE], env=childEnvironment()
+        )
+        if code == 3:
+            raise SkipTest("this kernel has no PR_SET_MDWE")
+        self.assertEqual(code, 1, "pyOpenSSL works under MDWE now: " + err.decode())
+        units = "".join(readUnit(name) for name in SERVICES)
+        self.assertEqual(
+            re.findall(r"^MemoryDenyWriteExecute=(\w+)$", units, re.M), ["no", "no"]
+        )
