@@ -16,7 +16,9 @@ request with headers, which the proxy forwards unchanged:
   - C{x-fake-response-headers}: a JSON list of C{[name, value]} pairs
     added to any scenario's response headers.
 
-Every request is recorded in L{FakeUpstream.requests}.
+Every request is recorded in L{FakeUpstream.requests}, and every streamed
+answer's writer in L{FakeUpstream.streams}, so tests can compare what the
+upstream has sent with what their client has received.
 """
 
 from __future__ import annotations
@@ -168,13 +170,16 @@ class _Stream:
     call: IDelayedCall | None = None
     gone: bool = False
     sent: int = field(default=0)
+    lostAt: float | None = None
 
     def start(self) -> None:
         self.request.notifyFinish().addErrback(self._lost)
         self._next()
 
     def _lost(self, _: object) -> None:
+        # The connection went away before the answer was complete.
         self.gone = True
+        self.lostAt = self.reactor.seconds()
         if self.call is not None and self.call.active():
             self.call.cancel()
 
@@ -207,6 +212,7 @@ class FakeUpstream(Resource):
         super().__init__()
         self.reactor = reactor
         self.requests: list[RecordedRequest] = []
+        self.streams: list[_Stream | _BigBody] = []
         self.openStreams = 0
 
     def render(self, request: Request) -> object:
@@ -240,9 +246,11 @@ class FakeUpstream(Resource):
         request.setHeader(b"openai-processing-ms", b"12")
         request.setHeader(b"x-ratelimit-remaining-requests", b"99")
         interval = _intHeader(request, b"x-fake-interval-ms", 0) / 1000
-        _Stream(
+        stream = _Stream(
             request, [sseEvent(e) for e in events], interval, self.reactor, abortAfter
-        ).start()
+        )
+        self.streams.append(stream)
+        stream.start()
         return NOT_DONE_YET
 
     def scenario_sse(self, request: Request, body: bytes) -> object:
@@ -310,6 +318,7 @@ class FakeUpstream(Resource):
         request.write(b": stalling\n\n")
         chunks = [sseEvent(e) for e in responseEvents("fake-model", DEFAULT_TEXT)]
         stream = _Stream(request, chunks, 0, self.reactor)
+        self.streams.append(stream)
         request.notifyFinish().addErrback(stream._lost)
         stream.call = self.reactor.callLater(delay, stream._next)
         return NOT_DONE_YET
@@ -317,6 +326,7 @@ class FakeUpstream(Resource):
     def scenario_silent(self, request: Request, body: bytes) -> object:
         delay = _intHeader(request, b"x-fake-delay-ms", 3000) / 1000
         stream = _Stream(request, [b'{"late": true}'], 0, self.reactor)
+        self.streams.append(stream)
         request.notifyFinish().addErrback(stream._lost)
         request.setHeader(b"content-type", b"application/json")
         stream.call = self.reactor.callLater(delay, stream._next)
@@ -326,7 +336,9 @@ class FakeUpstream(Resource):
         total = _intHeader(request, b"x-fake-bytes", 10 * 1024 * 1024)
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", b"%d" % total)
-        request.registerProducer(_BigBody(request, total), True)
+        producer = _BigBody(request, total)
+        self.streams.append(producer)
+        request.registerProducer(producer, True)
         return NOT_DONE_YET
 
 
@@ -340,14 +352,24 @@ class _BigBody:
 
     def __init__(self, request: Request, total: int) -> None:
         self.request = request
+        self.total = total
         self.remaining = total
         self.paused = False
+        self.pauses = 0
         self.stopped = False
         request.notifyFinish().addErrback(lambda _: self.stopProducing())
         request.channel.callLater(0, self.resumeProducing)
 
+    @property
+    def sentBytes(self) -> int:
+        """
+        Body bytes handed to the transport so far.
+        """
+        return self.total - self.remaining
+
     def pauseProducing(self) -> None:
         self.paused = True
+        self.pauses += 1
 
     def resumeProducing(self) -> None:
         self.paused = False
