@@ -131,4 +131,6 @@ class ProxyOptions(usage.Options):
             raise usage.UsageError(str(e)) from None
         if self["listen"] is None:
             port = self["port"] if self["port"] is not None else 0
-            self["listen"] = f"tcp:{port}:interface=127.0.0.1"
+            # Twisted's default backlog of 50 drops SYNs under a burst of
+            # connections (each retried only after 1 s); 511 is nginx's.
+            self["listen"] = f"tcp:{port}:interface=127.0.0.1:backlog=511"
