@@ -1,0 +1,318 @@
+"""
+Upstream faults: what the client gets when the upstream cannot be reached,
+cannot be trusted, breaks off, or is slow; and what the upstream sees when
+the client goes away.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from tests.support import (
+    CANARY_KEY,
+    connectRaw,
+    makeTestPKI,
+    parseRawResponse,
+    serverContext,
+    startFakeUpstream,
+    startProxy,
+    waitFor,
+)
+
+_BODY = b'{"model": "m", "input": "hi", "stream": true}'
+
+
+def _request(*headerLines: bytes) -> bytes:
+    return (
+        b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        + b"".join(line + b"\r\n" for line in headerLines)
+        + b"Content-Length: %d\r\n\r\n" % len(_BODY)
+        + _BODY
+    )
+
+
+class _Exchange:
+    """
+    Helpers shared by the fault tests.
+    """
+
+    @inlineCallbacks
+    def exchange(self: Any, port: int, *headerLines: bytes, timeout: float = 10) -> Any:
+        """
+        Send one request on a raw socket and wait (with a deadline) until
+        the proxy closes the connection; return the raw bytes.
+        """
+        conn = yield connectRaw(self, port)
+        conn.send(_request(*headerLines))
+        yield waitFor(lambda: conn.closed.called, timeout=timeout)
+        return bytes(conn.data)
+
+    def assertUpstreamError(self: Any, raw: bytes, status: int, code: str) -> None:
+        """
+        C{raw} is a complete JSON error answer with C{status} and C{code},
+        and mentions neither the key nor C{Bearer}.
+        """
+        response = parseRawResponse(raw)
+        self.assertEqual(response.status, status, raw)
+        self.assertTrue(response.complete)
+        self.assertEqual(response.header(b"content-type"), [b"application/json"])
+        error = json.loads(response.body)["error"]
+        self.assertEqual(sorted(error), ["code", "message", "type"])
+        self.assertEqual(error["code"], code)
+        self.assertNotIn(CANARY_KEY.encode(), raw)
+
+
+class UnreachableTests(_Exchange, TestCase):
+    """
+    Failures before any upstream answer become JSON 502/504 answers.
+    """
+
+    @inlineCallbacks
+    def test_connectionRefused(self) -> None:
+        """
+        A refused connection is a 502.
+        """
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        proxy = startProxy(self, f"http://127.0.0.1:{port}/v1/responses")
+        raw = yield self.exchange(proxy.port)
+        self.assertUpstreamError(raw, 502, "upstream_refused")
+
+    @inlineCallbacks
+    def test_dnsFailure(self) -> None:
+        """
+        An upstream host name that does not resolve is a 502.
+        """
+        proxy = startProxy(self, "https://nonexistent.invalid/v1/responses")
+        raw = yield self.exchange(proxy.port, timeout=20)
+        self.assertUpstreamError(raw, 502, "upstream_dns")
+
+    @inlineCallbacks
+    def test_connectTimeout(self) -> None:
+        """
+        An upstream whose SYNs go unanswered is a 504 after
+        C{--connect-timeout}: a listening socket with backlog 0 whose
+        accept queue is full drops new SYNs.
+        """
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            self.addCleanup(filler.close)
+            filler.setblocking(False)
+            filler.connect_ex(address)
+            fillers.append(filler)
+        proxy = startProxy(
+            self,
+            f"http://127.0.0.1:{address[1]}/v1/responses",
+            "--connect-timeout",
+            "1",
+        )
+        started = reactor.seconds()
+        raw = yield self.exchange(proxy.port)
+        elapsed = reactor.seconds() - started
+        self.assertUpstreamError(raw, 504, "upstream_timeout")
+        self.assertGreaterEqual(elapsed, 0.9)
+        self.assertLess(elapsed, 5)
+
+
+class TLSVerificationTests(_Exchange, TestCase):
+    """
+    An upstream whose certificate does not verify never sees the request
+    (and so never sees the key).
+    """
+
+    def setUp(self) -> None:
+        self.pki = makeTestPKI(self.mktemp())
+
+    @inlineCallbacks
+    def tryUpstream(self, certificate: str, *args: str) -> Any:
+        """
+        Serve the fake upstream over TLS with C{certificate}, forward one
+        request and return the raw answer and the upstream.
+        """
+        upstream = startFakeUpstream(
+            self, tls=serverContext(certificate, self.pki.serverKey)
+        )
+        proxy = startProxy(self, upstream.url, *args)
+        raw = yield self.exchange(proxy.port, b"x-fake-scenario: json")
+        return raw, upstream
+
+    @inlineCallbacks
+    def test_trustedCertificate(self) -> None:
+        """
+        The control case: a certificate for 127.0.0.1 signed by the CA the
+        proxy trusts works.
+        """
+        raw, upstream = yield self.tryUpstream(
+            self.pki.serverCert, "--upstream-ca", self.pki.caCert
+        )
+        self.assertEqual(parseRawResponse(raw).status, 200, raw)
+        self.assertEqual(len(upstream.resource.requests), 1)
+
+    @inlineCallbacks
+    def test_selfSignedAgainstCA(self) -> None:
+        """
+        A self-signed certificate, with the proxy trusting only the test
+        CA, is a 502 and the upstream records nothing.
+        """
+        raw, upstream = yield self.tryUpstream(
+            self.pki.selfSignedCert, "--upstream-ca", self.pki.caCert
+        )
+        self.assertUpstreamError(raw, 502, "upstream_tls_error")
+        self.assertEqual(upstream.resource.requests, [])
+
+    @inlineCallbacks
+    def test_selfSignedAgainstSystemStore(self) -> None:
+        """
+        A self-signed certificate, with the proxy trusting the system
+        store, is a 502 and the upstream records nothing.
+        """
+        raw, upstream = yield self.tryUpstream(self.pki.selfSignedCert)
+        self.assertUpstreamError(raw, 502, "upstream_tls_error")
+        self.assertEqual(upstream.resource.requests, [])
+
+    @inlineCallbacks
+    def test_wrongHostName(self) -> None:
+        """
+        A CA-signed certificate for another host name is a 502 and the
+        upstream records nothing.
+        """
+        raw, upstream = yield self.tryUpstream(
+            self.pki.wrongHostCert, "--upstream-ca", self.pki.caCert
+        )
+        self.assertUpstreamError(raw, 502, "upstream_tls_error")
+        self.assertEqual(upstream.resource.requests, [])
+
+
+class BrokenStreamTests(_Exchange, TestCase):
+    """
+    Once the answer has started, an upstream failure aborts the client
+    connection, so a truncated body never looks complete.
+    """
+
+    @inlineCallbacks
+    def test_upstreamDropsMidStream(self) -> None:
+        """
+        The upstream aborts after three events: the client's connection is
+        closed at once, and its chunked body lacks the terminating chunk.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url)
+        raw = yield self.exchange(
+            proxy.port, b"x-fake-scenario: drop", b"x-fake-interval-ms: 20", timeout=5
+        )
+        response = parseRawResponse(raw)
+        self.assertEqual(response.status, 200)
+        self.assertTrue(response.chunked)
+        self.assertFalse(response.complete)
+        self.assertFalse(raw.endswith(b"0\r\n\r\n"))
+        self.assertEqual(response.body.count(b"\n\n"), 3)
+
+    @inlineCallbacks
+    def test_upstreamDropsBeforeAnswer(self) -> None:
+        """
+        An upstream that aborts before sending its status line is a 502:
+        nothing was relayed yet, so the client can be told properly.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url)
+        raw = yield self.exchange(
+            proxy.port,
+            b"x-fake-scenario: drop",
+            b"x-fake-events-before-drop: 0",
+            timeout=5,
+        )
+        self.assertUpstreamError(raw, 502, "upstream_unavailable")
+        self.assertEqual(len(upstream.resource.requests), 1)
+
+
+class ClientGoneTests(TestCase):
+    """
+    When the client goes away, the upstream connection is closed promptly.
+    """
+
+    @inlineCallbacks
+    def test_clientDisconnectsMidStream(self) -> None:
+        """
+        A client that disconnects after the first event makes the proxy
+        close the upstream connection within 1 s, as seen by the upstream.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url)
+        conn = yield connectRaw(self, proxy.port)
+        conn.send(
+            _request(
+                b"x-fake-scenario: sse",
+                b"x-fake-events: 100",
+                b"x-fake-interval-ms: 50",
+            )
+        )
+        yield conn.waitForBytes(b"event: response.created")
+        [stream] = upstream.resource.streams
+        conn.transport.abortConnection()
+        gone = reactor.seconds()
+        yield waitFor(lambda: stream.lostAt is not None, timeout=5)
+        self.assertLess(stream.lostAt - gone, 1.0)
+        self.assertLess(stream.sent, 100)
+
+    @inlineCallbacks
+    def test_clientDisconnectsBeforeHeaders(self) -> None:
+        """
+        A client that disconnects while the upstream is still silent makes
+        the proxy cancel the upstream request within 1 s.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url)
+        conn = yield connectRaw(self, proxy.port)
+        conn.send(_request(b"x-fake-scenario: silent", b"x-fake-delay-ms: 10000"))
+        yield waitFor(lambda: upstream.resource.streams)
+        [stream] = upstream.resource.streams
+        conn.transport.abortConnection()
+        gone = reactor.seconds()
+        yield waitFor(lambda: stream.lostAt is not None, timeout=5)
+        self.assertLess(stream.lostAt - gone, 1.0)
+
+
+class SlowUpstreamTests(_Exchange, TestCase):
+    """
+    The request timeout bounds the client, never the upstream.
+    """
+
+    @inlineCallbacks
+    def test_longSilenceNotCutOff(self) -> None:
+        """
+        With C{--request-timeout 1}, an upstream silent for 3 s before its
+        first byte, and another silent for 3 s after its headers, both
+        complete normally.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url, "--request-timeout", "1")
+        before = self.exchange(
+            proxy.port, b"x-fake-scenario: silent", b"x-fake-delay-ms: 3000"
+        )
+        after = self.exchange(
+            proxy.port, b"x-fake-scenario: stall", b"x-fake-delay-ms: 3000"
+        )
+        raw = yield before
+        response = parseRawResponse(raw)
+        self.assertEqual(response.status, 200, raw)
+        self.assertTrue(response.complete)
+        self.assertEqual(response.body, b'{"late": true}')
+        raw = yield after
+        response = parseRawResponse(raw)
+        self.assertEqual(response.status, 200, raw)
+        self.assertTrue(response.complete)
+        self.assertIn(b"event: response.completed", response.body)
