@@ -128,7 +128,7 @@ class ProxyOptions(usage.Options):
         try:
             self["upstream"] = UpstreamTarget.fromString(self["upstream-url"])
         except BadUpstreamURL as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(f"--upstream-url: {e}") from None
         if self["listen"] is None:
             port = self["port"] if self["port"] is not None else 0
             # Twisted's default backlog of 50 drops SYNs under a burst of
