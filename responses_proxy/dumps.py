@@ -4,7 +4,8 @@ Optional request/response dumps for debugging (C{--dump-dir}).
 
 Each exchange writes C{NNNNNN-<ms>-request.json} when it starts and
 C{NNNNNN-<ms>-response.json} when the stream ends or is aborted; the
-sequence number makes them sort in order. Files are written from a thread,
+sequence number makes them sort in order, and each file appears complete
+(written under a hidden temporary name, then renamed). Files are written from a thread,
 never on the reactor, so dumping cannot delay the stream. Secrets are
 redacted by header name; bodies are kept (they are the point of a dump),
 so the directory is created 0700 and the files 0600.
@@ -66,9 +67,19 @@ def _writeDump(path: str, document: dict[str, Any], body: bytes) -> None:
     # Parsing and serialising happen here, in the thread, not on the reactor.
     document["body"] = bodyForDump(body)
     data = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    # Written under a hidden name, then renamed: whoever watches the
+    # directory only ever sees complete files.
+    directory, name = os.path.split(path)
+    temporary = os.path.join(directory, f".{name}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    fd = os.open(temporary, flags, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.rename(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 class DumpWriter:

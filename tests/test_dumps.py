@@ -1,0 +1,273 @@
+"""
+C{--dump-dir}: each exchange is written as a request and a response JSON
+file, numbered in order, with secrets redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from responses_proxy.dumps import DumpWriter
+from tests.support import (
+    CANARY_KEY,
+    connectRaw,
+    parseRawResponse,
+    rawExchange,
+    startFakeUpstream,
+    startProxy,
+    waitFor,
+)
+
+_BODY = b'{"model": "m", "input": "dump me", "stream": true}'
+
+
+def _request(body: bytes = _BODY, *headerLines: bytes) -> bytes:
+    return (
+        b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        + b"".join(line + b"\r\n" for line in headerLines)
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+
+def _headerValues(document: dict[str, Any], name: str) -> list[str]:
+    return [h["value"] for h in document["headers"] if h["name"].lower() == name]
+
+
+class DumpTests(TestCase):
+    """
+    Dumps written by a running proxy.
+    """
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        self.upstream = startFakeUpstream(self)
+        self.proxy = startProxy(self, self.upstream.url, "--dump-dir", self.directory)
+
+    def files(self) -> list[str]:
+        """
+        The dump file names, sorted (temporary hidden files excluded).
+        """
+        return sorted(n for n in os.listdir(self.directory) if n[0] != ".")
+
+    def load(self, name: str) -> Any:
+        """
+        Parse one dump file.
+        """
+        with open(os.path.join(self.directory, name), "rb") as f:
+            return json.loads(f.read())
+
+    def waitForFiles(self, count: int) -> Any:
+        """
+        Wait until C{count} dump files exist (they are written from a
+        thread, each appearing complete at once).
+        """
+        return waitFor(lambda: len(self.files()) >= count)
+
+    @inlineCallbacks
+    def test_exchangeDumped(self) -> None:
+        """
+        One exchange writes a request file (method, url, headers, body as
+        JSON) and a response file (status, headers, body as text), with
+        Authorization and cookie headers redacted and the key nowhere.
+        """
+        raw = yield rawExchange(
+            self.proxy.port,
+            _request(
+                _BODY,
+                b"Authorization: Bearer sk-client-secret",
+                b"Cookie: session=client-cookie",
+                b"X-Visible: shown",
+                b"x-fake-response-headers: "
+                + json.dumps([["Set-Cookie", "s=upstream-cookie"]]).encode(),
+            ),
+        )
+        self.assertEqual(parseRawResponse(raw).status, 200)
+        yield self.waitForFiles(2)
+        requestName, responseName = self.files()
+        self.assertTrue(requestName.endswith("-request.json"), requestName)
+        self.assertTrue(responseName.endswith("-response.json"), responseName)
+        self.assertEqual(
+            requestName.split("-")[:2], responseName.split("-")[:2], "same prefix"
+        )
+        request = self.load(requestName)
+        self.assertEqual(request["method"], "POST")
+        self.assertEqual(request["url"], "/v1/responses")
+        self.assertEqual(request["body"], json.loads(_BODY))
+        self.assertEqual(_headerValues(request, "authorization"), ["[REDACTED]"])
+        self.assertEqual(_headerValues(request, "cookie"), ["[REDACTED]"])
+        self.assertEqual(_headerValues(request, "x-visible"), ["shown"])
+        response = self.load(responseName)
+        self.assertEqual(response["status"], 200)
+        self.assertEqual(_headerValues(response, "set-cookie"), ["[REDACTED]"])
+        self.assertEqual(_headerValues(response, "x-request-id"), ["req_fake_1"])
+        self.assertIsInstance(response["body"], str)
+        self.assertIn("event: response.completed", response["body"])
+        for name in self.files():
+            with open(os.path.join(self.directory, name), "rb") as f:
+                content = f.read()
+            self.assertNotIn(CANARY_KEY.encode(), content)
+            self.assertNotIn(b"sk-client-secret", content)
+            self.assertNotIn(b"client-cookie", content)
+        self.assertNotIn("upstream-cookie", json.dumps(response))
+
+    @inlineCallbacks
+    def test_textBodies(self) -> None:
+        """
+        A request body that is not JSON is dumped as text; a JSON response
+        body is dumped as JSON.
+        """
+        body = b"not json at all \xff"
+        yield rawExchange(self.proxy.port, _request(body, b"x-fake-scenario: json"))
+        yield self.waitForFiles(2)
+        requestName, responseName = self.files()
+        self.assertEqual(self.load(requestName)["body"], "not json at all \ufffd")
+        self.assertEqual(self.load(responseName)["body"]["status"], "completed")
+
+    @inlineCallbacks
+    def test_numberedInOrder(self) -> None:
+        """
+        Consecutive exchanges sort in order: request 1, response 1,
+        request 2, response 2, ...
+        """
+        for number in range(3):
+            yield rawExchange(
+                self.proxy.port,
+                _request(b'{"n": %d}' % number, b"x-fake-scenario: json"),
+            )
+        yield self.waitForFiles(6)
+        names = self.files()
+        kinds = [name.rsplit("-", 1)[1] for name in names]
+        self.assertEqual(kinds, ["request.json", "response.json"] * 3)
+        bodies = [self.load(name)["body"] for name in names[::2]]
+        self.assertEqual(bodies, [{"n": 0}, {"n": 1}, {"n": 2}])
+
+    @inlineCallbacks
+    def test_errorAnswerDumped(self) -> None:
+        """
+        An upstream 4xx answer is dumped with its status and body.
+        """
+        yield rawExchange(
+            self.proxy.port,
+            _request(_BODY, b"x-fake-scenario: status", b"x-fake-status: 400"),
+        )
+        yield self.waitForFiles(2)
+        response = self.load(self.files()[1])
+        self.assertEqual(response["status"], 400)
+        self.assertEqual(response["body"]["error"]["code"], "400")
+
+    @inlineCallbacks
+    def test_abortedStreamDumped(self) -> None:
+        """
+        When the upstream breaks off, the response dump is still written,
+        with what was relayed.
+        """
+        yield rawExchange(
+            self.proxy.port,
+            _request(
+                _BODY,
+                b"x-fake-scenario: drop",
+                b"x-fake-events-before-drop: 2",
+                b"x-fake-interval-ms: 20",
+            ),
+        )
+        yield self.waitForFiles(2)
+        response = self.load(self.files()[1])
+        self.assertEqual(response["status"], 200)
+        self.assertEqual(response["outcome"], "upstream_aborted")
+        self.assertEqual(response["body"].count("\n\n"), 2)
+
+    @inlineCallbacks
+    def test_clientGoneDumped(self) -> None:
+        """
+        When the client disconnects mid-stream, the response dump is
+        written when the exchange ends.
+        """
+        conn = yield connectRaw(self, self.proxy.port)
+        conn.send(
+            _request(
+                _BODY,
+                b"x-fake-scenario: sse",
+                b"x-fake-events: 50",
+                b"x-fake-interval-ms: 50",
+            )
+        )
+        yield conn.waitForBytes(b"event: response.created")
+        conn.transport.abortConnection()
+        yield self.waitForFiles(2)
+        response = self.load(self.files()[1])
+        self.assertEqual(response["status"], 200)
+        self.assertEqual(response["outcome"], "client_gone")
+        self.assertIn("response.created", response["body"])
+
+    @inlineCallbacks
+    def test_permissions(self) -> None:
+        """
+        The directory is private (0700) and each file 0600.
+        """
+        yield rawExchange(self.proxy.port, _request(_BODY, b"x-fake-scenario: json"))
+        yield self.waitForFiles(2)
+        self.assertEqual(stat.S_IMODE(os.stat(self.directory).st_mode), 0o700)
+        for name in self.files():
+            mode = os.stat(os.path.join(self.directory, name)).st_mode
+            self.assertEqual(stat.S_IMODE(mode), 0o600, name)
+
+
+class DumpWriterTests(TestCase):
+    """
+    L{DumpWriter} numbering across restarts.
+    """
+
+    def test_numberingContinues(self) -> None:
+        """
+        A writer on a directory that already holds dumps numbers after the
+        highest existing one, so a restarted proxy's dumps still sort last.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        for name in ("000007-1-request.json", "000012-2-response.json", "notes"):
+            with open(os.path.join(directory, name), "w") as f:
+                f.write("{}")
+        writer = DumpWriter(directory, reactor)
+        self.assertEqual(next(writer._sequence), 13)
+
+
+class UpstreamFailureDumpTests(TestCase):
+    """
+    The proxy's own error answers are dumped too.
+    """
+
+    @inlineCallbacks
+    def test_refusedDumped(self) -> None:
+        """
+        When the upstream refuses the connection, the response dump holds
+        the proxy's 502 JSON error.
+        """
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        directory = os.path.abspath(self.mktemp())
+        proxy = startProxy(
+            self, f"http://127.0.0.1:{port}/v1/responses", "--dump-dir", directory
+        )
+        raw = yield rawExchange(proxy.port, _request())
+        self.assertEqual(parseRawResponse(raw).status, 502)
+
+        def names() -> list[str]:
+            return sorted(n for n in os.listdir(directory) if n[0] != ".")
+
+        yield waitFor(lambda: len(names()) == 2)
+        name = names()[1]
+        with open(os.path.join(directory, name), "rb") as f:
+            response = json.loads(f.read())
+        self.assertEqual(response["status"], 502)
+        self.assertEqual(response["body"]["error"]["code"], "upstream_refused")
