@@ -1,0 +1,270 @@
+"""
+The proxy as a process, through each installed entry point: the console
+script C{responses-api-proxy}, C{twistd -n responses-api-proxy} and
+C{python -m responses_proxy}.
+
+Startup failures (busy port, bad options) end the process quickly with one
+clear line on stderr; C{GET /shutdown}, SIGTERM and SIGINT stop it with exit
+status 0 and remove the server-info file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from tests.processes import ENTRY_POINTS, endWithin, listening, spawnProxy
+from tests.support import (
+    CANARY_KEY,
+    ProcessResult,
+    httpClient,
+    rawExchange,
+    spawnEntryPoint,
+)
+
+ALL_FLAGS = (
+    "--port",
+    "--listen",
+    "--server-info",
+    "--http-shutdown",
+    "--upstream-url",
+    "--upstream-ca",
+    "--dump-dir",
+    "--max-request-body",
+    "--request-timeout",
+    "--connect-timeout",
+)
+
+
+def stderrLines(result: ProcessResult) -> list[str]:
+    """
+    The non-empty lines the process wrote on stderr.
+    """
+    return [line for line in result.stderr.decode().splitlines() if line.strip()]
+
+
+class _LifecycleTests:
+    """
+    Start, stop and fail to start, for the entry point named by C{entry}.
+    """
+
+    entry: str
+
+    @inlineCallbacks
+    def test_httpShutdown(self: Any) -> Any:
+        """
+        With C{--http-shutdown}, C{GET /shutdown} answers 200, then the
+        process exits 0 within a second and removes its server-info file.
+        """
+        proxy = yield spawnProxy(self, "--http-shutdown", entry=self.entry)
+        response = yield httpClient(self).get(f"{proxy.base}/shutdown")
+        yield treq.content(response)
+        asked = time.monotonic()
+        self.assertEqual(response.code, 200)
+        result = yield endWithin(proxy.process, 5)
+        self.assertLess(time.monotonic() - asked, 1.0)
+        self.assertEqual(result.exitCode, 0, result.stderr)
+        self.assertFalse(os.path.exists(proxy.serverInfoPath))
+        self.assertFalse(listening(proxy.port))
+
+    @inlineCallbacks
+    def test_shutdownNeedsExactRequest(self: Any) -> Any:
+        """
+        Even with C{--http-shutdown}, a query string, another method or a
+        trailing slash is a 403, and the proxy keeps running.
+        """
+        proxy = yield spawnProxy(self, "--http-shutdown", entry=self.entry)
+        for request in (
+            b"GET /shutdown?now HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET /shutdown? HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"POST /shutdown HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Length: 0\r\n\r\n",
+            b"GET /shutdown/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ):
+            reply = yield rawExchange(proxy.port, request, timeout=1)
+            self.assertTrue(reply.startswith(b"HTTP/1.1 403 "), (request, reply))
+        self.assertFalse(proxy.process.ended.called)
+        self.assertTrue(listening(proxy.port))
+
+    @inlineCallbacks
+    def test_shutdownDisabledByDefault(self: Any) -> Any:
+        """
+        Without C{--http-shutdown}, C{GET /shutdown} is a 403 and the
+        proxy keeps running.
+        """
+        proxy = yield spawnProxy(self, entry=self.entry)
+        response = yield httpClient(self).get(f"{proxy.base}/shutdown")
+        yield treq.content(response)
+        self.assertEqual(response.code, 403)
+        self.assertFalse(proxy.process.ended.called)
+        self.assertTrue(listening(proxy.port))
+
+    @inlineCallbacks
+    def _stopWithSignal(self: Any, name: str) -> Any:
+        proxy = yield spawnProxy(self, entry=self.entry)
+        self.assertEqual(proxy.info["pid"], proxy.pid)
+        proxy.process.signal(name)
+        result = yield endWithin(proxy.process, 5)
+        self.assertEqual((result.exitCode, result.signal), (0, None), result.stderr)
+        self.assertFalse(os.path.exists(proxy.serverInfoPath))
+        self.assertFalse(listening(proxy.port))
+
+    def test_sigterm(self: Any) -> Any:
+        """
+        SIGTERM stops the proxy cleanly: exit status 0, server-info removed.
+        """
+        return self._stopWithSignal("TERM")
+
+    def test_sigint(self: Any) -> Any:
+        """
+        SIGINT (Ctrl-C) stops the proxy cleanly too.
+        """
+        return self._stopWithSignal("INT")
+
+    @inlineCallbacks
+    def test_portInUse(self: Any) -> Any:
+        """
+        When C{--port} is taken the process exits non-zero within 5 seconds
+        with one line naming the problem, and writes no server-info.
+        """
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        info = os.path.join(self.mktemp(), "info.json")
+        process = spawnEntryPoint(
+            self,
+            [*ENTRY_POINTS[self.entry], "--port", str(port), "--server-info", info],
+            stdin=CANARY_KEY.encode(),
+        )
+        result = yield endWithin(process, 5)
+        self.assertNotEqual(result.exitCode, 0)
+        [line] = stderrLines(result)
+        self.assertTrue(
+            line.startswith(f"responses-api-proxy: cannot listen on tcp:{port}:"),
+            line,
+        )
+        self.assertTrue(line.endswith(": Address already in use"), line)
+        self.assertFalse(os.path.exists(info))
+
+    @inlineCallbacks
+    def test_explicitPort(self: Any) -> Any:
+        """
+        C{--port N} listens on 127.0.0.1:N and server-info says so.
+        """
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        proxy = yield spawnProxy(self, "--port", str(port), entry=self.entry)
+        self.assertEqual(proxy.port, port)
+        self.assertTrue(listening(port))
+
+    @inlineCallbacks
+    def test_help(self: Any) -> Any:
+        """
+        C{--help} documents every flag and exits 0 without reading stdin.
+        """
+        process = spawnEntryPoint(self, [*ENTRY_POINTS[self.entry], "--help"], None)
+        result = yield endWithin(process, 10)
+        self.assertEqual(result.exitCode, 0, result.stderr)
+        text = " ".join(result.stdout.decode().split())
+        for flag in ALL_FLAGS:
+            self.assertIn(flag + ("" if flag == "--http-shutdown" else "="), text)
+        self.assertIn("Reads the API key from standard input", text)
+
+    @inlineCallbacks
+    def test_badFlagValues(self: Any) -> Any:
+        """
+        Each bad option value is a usage error naming the option: non-zero
+        exit, and nothing listens (no server-info file).
+        """
+        info = os.path.join(self.mktemp(), "info.json")
+        cases = [
+            ["--port", "x"],
+            ["--port", "70000"],
+            ["--port", "1", "--listen", "tcp:0"],
+            ["--max-request-body", "0"],
+            ["--request-timeout", "soon"],
+            ["--connect-timeout", "-1"],
+            ["--upstream-url", "ftp://example.com/v1/responses"],
+            ["--no-such-flag"],
+        ]
+        results = yield gatherResults(
+            [
+                endWithin(
+                    spawnEntryPoint(
+                        self,
+                        [*ENTRY_POINTS[self.entry], "--server-info", info, *args],
+                        stdin=CANARY_KEY.encode(),
+                    ),
+                    10,
+                )
+                for args in cases
+            ]
+        )
+        for args, result in zip(cases, results, strict=True):
+            self.assertNotIn(result.exitCode, (0, None), args)
+            # twistd prints usage errors on stdout, the console script on stderr.
+            output = result.stdout + result.stderr
+            self.assertIn(args[0].encode(), output, args)
+            self.assertNotIn(b"Traceback", output, args)
+            self.assertNotIn(CANARY_KEY.encode(), output)
+        self.assertFalse(os.path.exists(info))
+
+
+class ConsoleScriptLifecycleTests(_LifecycleTests, TestCase):
+    """
+    The lifecycle through the C{responses-api-proxy} console script.
+    """
+
+    entry = "console script"
+
+
+class TwistdLifecycleTests(_LifecycleTests, TestCase):
+    """
+    The lifecycle through C{twistd -n --pidfile= responses-api-proxy}.
+    """
+
+    entry = "twistd"
+
+
+class ModuleLifecycleTests(TestCase):
+    """
+    C{python -m responses_proxy} is the console script; a smoke test is
+    enough: it starts, documents its flags and stops cleanly.
+    """
+
+    entry = "python -m"
+    _stopWithSignal = _LifecycleTests._stopWithSignal
+    test_sigterm = _LifecycleTests.test_sigterm
+    test_help = _LifecycleTests.test_help
+    test_httpShutdown = _LifecycleTests.test_httpShutdown
+
+
+class StartupTimeTests(TestCase):
+    """
+    How long the console script takes from spawn to server-info.
+    """
+
+    @inlineCallbacks
+    def test_startsQuickly(self) -> Any:
+        """
+        The console script is listening (server-info written) within 3
+        seconds of being spawned; typically about 0.3 s.
+        """
+        started = reactor.seconds()
+        proxy = yield spawnProxy(self)
+        elapsed = reactor.seconds() - started
+        self.assertLess(elapsed, 3.0)
+        proxy.process.signal("TERM")
+        result = yield proxy.process.ended
+        self.assertEqual(result.exitCode, 0)
