@@ -37,6 +37,7 @@ from zope.interface import implementer
 
 from responses_proxy.apikey import AuthHeader
 from responses_proxy.dumps import DumpWriter, ExchangeDump
+from responses_proxy.egress import EgressProxyError
 from responses_proxy.errors import respondWithError
 from responses_proxy.headers import mirrorResponseHeaders, upstreamRequestHeaders
 from responses_proxy.upstream import UpstreamTarget
@@ -108,6 +109,8 @@ def classifyUpstreamFailure(failure: Failure) -> tuple[int, str, str]:
             return 502, "the upstream host name could not be resolved", "upstream_dns"
         if reason.check(error.ConnectionRefusedError):
             return 502, "the upstream refused the connection", "upstream_refused"
+        if reason.check(EgressProxyError):
+            return 502, "the egress proxy failed or refused", "egress_proxy_error"
     return 502, "the upstream connection failed", "upstream_unavailable"
 
 
@@ -174,6 +177,8 @@ class Exchange:
         self._clientGone = False
         self._ended = False
         self.upstreamStatus: int | None = None
+        # The status the client was sent, once it was sent.
+        self.status: int | None = None
         self.upstreamRequestId: str | None = None
         self.bytesIn = 0
         self.bytesOut = 0
@@ -210,6 +215,7 @@ class Exchange:
             response.deliverBody(_Discard())
             return
         request = self._request
+        self.status = response.code
         request.setResponseCode(response.code, response.phrase)
         request.responseHeaders = type(response.headers)()
         mirrorResponseHeaders(response.headers, request.responseHeaders)
@@ -245,10 +251,10 @@ class Exchange:
         request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
             request.finish()
-            self._end("complete", self.upstreamStatus)
+            self._end("complete")
         else:
             request.channel.transport.abortConnection()
-            self._end("upstream_aborted", self.upstreamStatus)
+            self._end("upstream_aborted")
 
     # Upstream never answered.
 
@@ -262,6 +268,7 @@ class Exchange:
         )
         request = self._request
         request.responseHeaders = type(request.responseHeaders)()
+        self.status = status
         body = respondWithError(request, status, message, "upstream_error", code)
         if self._dump is not None:
             self._dump.responseStarted(status, request.responseHeaders)
@@ -269,7 +276,7 @@ class Exchange:
         request.write(body)
         request.finish()
         self.bytesOut = len(body)
-        self._end("upstream_error", status)
+        self._end("upstream_error")
 
     # Client went away.
 
@@ -280,9 +287,9 @@ class Exchange:
         if self._upstreamTransport is not None:
             self._upstreamTransport.stopProducing()
             self._upstreamTransport = None
-        self._end("client_gone", None)
+        self._end("client_gone")
 
-    def _end(self, outcome: str, status: int | None) -> None:
+    def _end(self, outcome: str) -> None:
         if self._ended:
             return
         self._ended = True
@@ -295,7 +302,7 @@ class Exchange:
             "x-request-id {request_id})",
             method="POST",
             path="/v1/responses",
-            status=status,
+            status=self.status,
             outcome=outcome,
             upstream_status=self.upstreamStatus,
             bytes_in=self.bytesIn,

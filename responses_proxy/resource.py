@@ -32,23 +32,32 @@ def _printable(raw: bytes, limit: int = 200) -> str:
 
 def forbid(request: Request) -> bytes:
     """
-    Answer 403 with a JSON error, and log the rejection.
+    Answer 403 with a JSON error, and log the rejection with the same
+    fields as a forwarded exchange.
     """
-    _log.info(
-        "{method} {path} -> 403 (rejected)",
-        method=_printable(request.method, 20),
-        path=_printable(request.uri),
-        status=403,
-        outcome="rejected",
-        exchange=True,
-    )
-    return respondWithError(
+    body = respondWithError(
         request,
         403,
         "Only POST /v1/responses is allowed through this proxy.",
         "invalid_request_error",
         "forbidden",
     )
+    content = request.content
+    bytesIn = content.seek(0, 2) if content is not None else 0
+    _log.info(
+        "{method} {path} -> 403 (rejected)",
+        method=_printable(request.method, 20),
+        path=_printable(request.uri),
+        status=403,
+        outcome="rejected",
+        upstream_status=None,
+        bytes_in=bytesIn,
+        bytes_out=len(body),
+        duration_ms=0.0,
+        request_id=None,
+        exchange=True,
+    )
+    return body
 
 
 class ForbiddenResource(Resource):
