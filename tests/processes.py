@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,17 +80,21 @@ def spawnProxy(
     env: dict[str, str] | None = None,
     serverInfoPath: str | None = None,
     timeout: float = 10.0,
+    wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> Any:
     """
     Start the proxy through C{entry} with C{key} on stdin and C{args}; fire
     with a L{SpawnedProxy} once its server-info file exists (killed at
-    cleanup if still running).
+    cleanup if still running). C{wrap} may rewrite the argv (e.g.
+    L{restrictedArgv}).
 
     @raise ProxyDidNotStart: it exited first (the message has its stderr).
     """
     if serverInfoPath is None:
         serverInfoPath = os.path.join(testCase.mktemp(), "server-info.json")
     argv = [*ENTRY_POINTS[entry], "--server-info", serverInfoPath, *args]
+    if wrap is not None:
+        argv = wrap(argv)
     process = spawnEntryPoint(testCase, argv, stdin=key, env=env)
     yield waitFor(
         lambda: process.ended.called or readServerInfo(serverInfoPath), timeout
