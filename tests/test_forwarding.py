@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 import treq
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.client import FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
@@ -26,6 +26,7 @@ from tests.support import (
     rawExchange,
     startFakeUpstream,
     startProxy,
+    waitFor,
 )
 
 
@@ -315,3 +316,86 @@ class ResponseTests(TestCase):
 
 def _body(data: bytes) -> FileBodyProducer:
     return FileBodyProducer(io.BytesIO(data))
+
+
+class ConnectionReuseTests(TestCase):
+    """
+    Client keep-alive, concurrent streams and upstream connection reuse.
+    """
+
+    def setUp(self) -> None:
+        self.upstream = startFakeUpstream(self)
+        self.proxy = startProxy(self, self.upstream.url)
+
+    @inlineCallbacks
+    def test_keepAliveClient(self) -> None:
+        """
+        Two requests on one client connection are both forwarded and
+        answered in order.
+        """
+        conn = yield connectRaw(self, self.proxy.port)
+        body = b'{"n": 1}'
+        conn.send(
+            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nx-fake-scenario: json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        yield conn.waitForBytes(b"\r\n0\r\n\r\n")
+        first = parseRawResponse(bytes(conn.data))
+        del conn.data[:]
+        conn.send(
+            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nx-fake-scenario: sse\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        yield conn.closed
+        second = parseRawResponse(bytes(conn.data))
+        self.assertEqual((first.status, second.status), (200, 200))
+        self.assertEqual(json.loads(first.body)["status"], "completed")
+        self.assertTrue(second.complete)
+        self.assertIn(b"event: response.completed", second.body)
+        self.assertEqual(len(self.upstream.resource.requests), 2)
+
+    @inlineCallbacks
+    def test_concurrentStreams(self) -> None:
+        """
+        Several streams at once each get their own complete answer.
+        """
+        client = httpClient(self)
+        responses = yield gatherResults(
+            [
+                client.post(
+                    self.proxy.url,
+                    data=b'{"n": %d}' % n,
+                    headers={"x-fake-interval-ms": "10", "x-fake-events": str(n)},
+                )
+                for n in range(1, 6)
+            ]
+        )
+        texts = yield gatherResults([treq.text_content(r) for r in responses])
+        for n, text in enumerate(texts, 1):
+            self.assertEqual(text.count("event: response.output_text.delta"), n)
+            self.assertTrue(text.endswith("\n\n"))
+        self.assertEqual(
+            sorted(r.body for r in self.upstream.resource.requests),
+            sorted(b'{"n": %d}' % n for n in range(1, 6)),
+        )
+
+    @inlineCallbacks
+    def test_afterClientGone(self) -> None:
+        """
+        After a client left mid-stream, the next exchange works normally
+        (the abandoned upstream connection is not reused).
+        """
+        conn = yield connectRaw(self, self.proxy.port)
+        conn.send(
+            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nx-fake-events: 50\r\n"
+            b"x-fake-interval-ms: 50\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        yield conn.waitForBytes(b"event: response.created")
+        conn.transport.abortConnection()
+        [stream] = self.upstream.resource.streams
+        yield waitFor(lambda: stream.lostAt is not None)
+        response = yield httpClient(self).post(
+            self.proxy.url, data=b"{}", headers={"x-fake-scenario": "json"}
+        )
+        document = yield response.json()
+        self.assertEqual(document["status"], "completed")

@@ -152,6 +152,29 @@ class RequestHeaderTests(TestCase):
         self.assertEqual(seen.header(b"x-kept"), [b"yes"])
 
     @inlineCallbacks
+    def test_nothingAdded(self) -> None:
+        """
+        The upstream receives the client's end-to-end headers plus only
+        Host, Authorization and Content-Length: no Accept-Encoding,
+        User-Agent, Via or X-Forwarded-* of the proxy's own.
+        """
+        seen = yield self.forward(
+            b"Connection: close\r\nX-One: 1\r\nContent-Type: application/json\r\n"
+        )
+        names = sorted({name.lower() for name, _ in seen.headers})
+        self.assertEqual(
+            names,
+            [
+                b"authorization",
+                b"content-length",
+                b"content-type",
+                b"host",
+                b"x-fake-scenario",
+                b"x-one",
+            ],
+        )
+
+    @inlineCallbacks
     def test_secretsNeverEchoed(self) -> None:
         """
         Neither the key nor the client's own credential appears in the
