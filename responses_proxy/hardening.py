@@ -77,6 +77,8 @@ def harden(
             message = f"hardening step {name} failed: {e}"
             if secure:
                 raise HardeningFailed(message) from e
-            _log.warn("{message}", message=message)
+            # Not "message" or "warning": legacy log observers give those
+            # keys their own meaning (and clobber or misread them).
+            _log.warn("{problem}", problem=message)
             warnings.append(message)
     return warnings
