@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import TestCase
 
 from tests.support import (
@@ -316,3 +317,26 @@ class SlowUpstreamTests(_Exchange, TestCase):
         self.assertEqual(response.status, 200, raw)
         self.assertTrue(response.complete)
         self.assertIn(b"event: response.completed", response.body)
+
+
+class AbortSignalTests(TestCase):
+    """
+    How the client learns that a relayed body was cut short.
+    """
+
+    @inlineCallbacks
+    def test_http10ClientSeesReset(self) -> None:
+        """
+        An HTTP/1.0 client gets a close-delimited body, where a clean close
+        would look complete; when the upstream breaks off, its connection
+        is reset instead of closed cleanly.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url)
+        conn = yield connectRaw(self, proxy.port)
+        conn.send(
+            b"POST /v1/responses HTTP/1.0\r\nx-fake-scenario: drop\r\n"
+            b"x-fake-interval-ms: 20\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        yield waitFor(lambda: conn.closed.called, timeout=5)
+        self.assertFalse(conn.lostReason.check(ConnectionDone), conn.lostReason)
