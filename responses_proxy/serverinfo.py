@@ -6,6 +6,8 @@ Written atomically: a fresh temporary file in the same directory (created
 with C{O_EXCL}, so it never follows a planted link), then C{rename(2)} over
 the path, which replaces a symlink there instead of writing through it. A
 reader sees the old file or the complete new one, never a partial write.
+A parent directory another user could redirect (their symlink or
+directory inside a sticky world-writable one) is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +33,42 @@ def serverInfoLine(port: int | None, pid: int, **extra: Any) -> bytes:
     return json.dumps(info).encode("ascii") + b"\n"
 
 
+def untrustedComponent(directory: str) -> str | None:
+    """
+    The first existing component of C{directory} that another user could
+    redirect, or L{None}.
+
+    That is an entry of a sticky world-writable directory (like C{/tmp})
+    owned by neither us nor that directory's owner: the kernel's
+    C{fs.protected_symlinks} rule, which is often off, applied in userspace
+    and to directories as well as symlinks (another user's directory in
+    C{/tmp} is theirs to fill with links).
+    """
+    me = os.geteuid()
+    current = "/"
+    for part in directory.strip("/").split("/"):
+        candidate = os.path.join(current, part)
+        try:
+            parent = os.stat(current)
+            entry = os.lstat(candidate)
+        except OSError:  # missing, or not a directory: makedirs will say
+            return None
+        shared = parent.st_mode & 0o1002 == 0o1002
+        if shared and entry.st_uid not in (me, parent.st_uid):
+            return candidate
+        current = os.path.realpath(candidate)
+    return None
+
+
+def _refuseUntrusted(path: str, directory: str) -> None:
+    component = untrustedComponent(directory)
+    if component is not None:
+        raise ServerInfoError(
+            f"cannot write server-info file {path}: {component} is owned by "
+            f"another user in a world-writable directory; refusing to use it"
+        )
+
+
 def writeServerInfo(path: str, content: bytes, mode: int = 0o644) -> tuple[int, int]:
     """
     Atomically replace C{path} with C{content}; return the new file's
@@ -40,6 +78,7 @@ def writeServerInfo(path: str, content: bytes, mode: int = 0o644) -> tuple[int, 
     """
     path = os.path.abspath(path)
     directory = os.path.dirname(path)
+    _refuseUntrusted(path, directory)
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -51,6 +90,14 @@ def writeServerInfo(path: str, content: bytes, mode: int = 0o644) -> tuple[int, 
         raise ServerInfoError(
             f"cannot write server-info file {path}: {e.strerror or e}"
         ) from e
+    try:
+        # Again, now that the directory exists: a component planted since the
+        # first check must not receive our file.
+        _refuseUntrusted(path, directory)
+    except ServerInfoError:
+        os.close(fd)
+        os.unlink(temporary)
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content)
