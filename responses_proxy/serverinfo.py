@@ -69,10 +69,17 @@ def _refuseUntrusted(path: str, directory: str) -> None:
         )
 
 
-def writeServerInfo(path: str, content: bytes, mode: int = 0o644) -> tuple[int, int]:
+def _identity(stat: os.stat_result) -> tuple[int, ...]:
+    # The inode number alone is not enough: a file created after ours was
+    # removed often gets the same one back.
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def writeServerInfo(path: str, content: bytes, mode: int = 0o644) -> tuple[int, ...]:
     """
     Atomically replace C{path} with C{content}; return the new file's
-    C{(st_dev, st_ino)} so that only our own file is removed later.
+    identity (device, inode, size, mtime) so that only our own file is
+    removed later.
 
     @raise ServerInfoError: with a message naming the path and the reason.
     """
@@ -111,16 +118,16 @@ def writeServerInfo(path: str, content: bytes, mode: int = 0o644) -> tuple[int, 
         raise ServerInfoError(
             f"cannot write server-info file {path}: {e.strerror or e}"
         ) from e
-    return stat.st_dev, stat.st_ino
+    return _identity(stat)
 
 
-def removeServerInfo(path: str, identity: tuple[int, int]) -> bool:
+def removeServerInfo(path: str, identity: tuple[int, ...]) -> bool:
     """
-    Remove C{path} if it is still the file we wrote (same device and inode).
+    Remove C{path} if it is still the file we wrote (same identity).
     """
     try:
         stat = os.lstat(path)
-        if (stat.st_dev, stat.st_ino) != identity:
+        if _identity(stat) != identity:
             return False
         os.unlink(path)
         return True

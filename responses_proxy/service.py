@@ -64,7 +64,7 @@ class ProxyService(Service):
         self.description = description
         self.serverInfoPath = serverInfoPath
         self.port: IListeningPort | None = None
-        self._serverInfoIdentity: tuple[int, int] | None = None
+        self._serverInfoIdentity: tuple[int, ...] | None = None
 
     def privilegedStartService(self) -> None:
         """
