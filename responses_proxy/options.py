@@ -5,6 +5,8 @@ Command-line options, shared by the twistd plugin and the console script.
 
 from __future__ import annotations
 
+import sys
+
 from twisted.python import usage
 
 from responses_proxy.site import DEFAULT_MAX_REQUEST_BODY, DEFAULT_REQUEST_TIMEOUT
@@ -121,6 +123,16 @@ class ProxyOptions(usage.Options):
             _positive("--connect-timeout", float),
         ],
     ]
+
+    def opt_version(self) -> None:
+        """
+        Display the proxy's (and Twisted's) version and exit.
+        """
+        from responses_proxy import __version__
+        from twisted import version as twistedVersion
+
+        print(f"responses-api-proxy {__version__} (Twisted {twistedVersion.short()})")
+        sys.exit(0)
 
     def postOptions(self) -> None:
         if self["port"] is not None and self["listen"] is not None:

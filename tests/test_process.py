@@ -182,6 +182,21 @@ class _LifecycleTests:
         self.assertIn("Reads the API key from standard input", text)
 
     @inlineCallbacks
+    def test_version(self: Any) -> Any:
+        """
+        C{--version} names the proxy and its version, not only Twisted's.
+        """
+        from responses_proxy import __version__
+
+        process = spawnEntryPoint(self, [*ENTRY_POINTS[self.entry], "--version"], None)
+        result = yield endWithin(process, 10)
+        self.assertEqual(result.exitCode, 0, result.stderr)
+        self.assertTrue(
+            result.stdout.startswith(f"responses-api-proxy {__version__} ".encode()),
+            result.stdout,
+        )
+
+    @inlineCallbacks
     def test_badFlagValues(self: Any) -> Any:
         """
         Each bad option value is a usage error naming the option: non-zero
