@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
@@ -36,12 +37,20 @@ class AuthHeader:
     """
     The C{Authorization} header value, built once.
 
+    Memory locks are not inherited by a forked child, and twistd forks
+    (twice) to daemonize after the key was read; so a locked header locks
+    itself again in every child of a C{fork}, and in secure mode a child
+    that cannot do so exits at once.
+
     @ivar value: C{b"Bearer " + key}; the one buffer the proxy sends upstream.
     @ivar locked: whether C{mlock(2)} succeeded for C{value}'s pages.
+    @ivar requireLock: whether a failure to lock after a fork is fatal.
     """
 
     value: bytes
     locked: bool = False
+    requireLock: bool = False
+    _forkHook: bool = field(default=False, init=False)
 
     def __repr__(self) -> str:
         return "<AuthHeader [REDACTED]>"
@@ -52,6 +61,10 @@ class AuthHeader:
         """
         _libc.mlock(_libc.bufferAddress(self.value), len(self.value))
         self.locked = True
+        if not self._forkHook:
+            self._forkHook = True
+            reference = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _relockInChild(reference))
 
     def wipe(self) -> None:
         """
@@ -62,6 +75,27 @@ class AuthHeader:
         if self.locked:
             _libc.munlock(address, len(self.value))
             self.locked = False
+
+
+def _relockInChild(reference: weakref.ref[AuthHeader]) -> None:
+    """
+    After C{fork}, in the child: lock a header again that was locked before.
+    """
+    header = reference()
+    if header is None or not header.locked:
+        return
+    try:
+        _libc.mlock(_libc.bufferAddress(header.value), len(header.value))
+    except OSError as e:
+        header.locked = False
+        if header.requireLock:
+            os.write(
+                2,
+                f"responses-api-proxy: cannot lock the API key again after "
+                f"fork: {e.strerror or e}\n".encode(),
+            )
+            os._exit(1)
+        _log.warn("Could not mlock the API key buffer after fork: {error}", error=e)
 
 
 def checkReadable(fd: int) -> None:
@@ -156,7 +190,7 @@ def readAuthHeader(fd: int = 0, *, requireLock: bool = False) -> AuthHeader:
             scratch = bytearray(len(_PREFIX) + length)
             scratch[: len(_PREFIX)] = _PREFIX
             scratch[len(_PREFIX) :] = view[:length]
-        header = AuthHeader(bytes(scratch))
+        header = AuthHeader(bytes(scratch), requireLock=requireLock)
     finally:
         raw[:] = bytes(len(raw))
         scratch[:] = bytes(len(scratch))

@@ -223,6 +223,78 @@ class ReadAuthHeaderTests(SynchronousTestCase):
         for buffer in made:
             self.assertEqual(bytes(buffer), bytes(len(buffer)))
 
+    def _forkAndReport(self, header: AuthHeader) -> tuple[int, bytes]:
+        """
+        Fork; the child reports its VmLck line and the header's lock state
+        (its stderr goes to the same pipe), then exits. Return the child's
+        exit status and report.
+        """
+        readFD, writeFD = os.pipe()
+        savedStderr = os.dup(2)
+        os.dup2(writeFD, 2)
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover (child)
+                try:
+                    vmLck = procStatus(os.getpid())["VmLck"]
+                    os.write(writeFD, f"{vmLck}|{header.locked}".encode())
+                finally:
+                    os._exit(0)
+        finally:
+            os.dup2(savedStderr, 2)
+            os.close(savedStderr)
+            os.close(writeFD)
+        _, status = os.waitpid(pid, 0)
+        with os.fdopen(readFD, "rb") as f:
+            report = f.read()
+        return os.waitstatus_to_exitcode(status), report
+
+    def test_lockedAgainAfterFork(self) -> None:
+        """
+        Locks are not inherited across C{fork} (twistd forks to daemonize
+        after the key was read): a locked header locks itself again in the
+        child.
+        """
+        if not canLock():
+            raise self.skipTest("RLIMIT_MEMLOCK does not allow locking a page")
+        header = self.read(b"sk-fork-me\n")
+        self.assertTrue(header.locked)
+        code, report = self._forkAndReport(header)
+        self.assertEqual(code, 0, report)
+        vmLck, locked = report.decode().split("|")
+        self.assertGreater(int(vmLck.split()[0]), 0, report)
+        self.assertEqual(locked, "True")
+
+    def test_relockFailureAfterForkFatalWhenRequired(self) -> None:
+        """
+        With C{requireLock}, a child that cannot lock the header again exits
+        1 at once with one line; without it, it carries on unlocked.
+        """
+        if not canLock():
+            raise self.skipTest("RLIMIT_MEMLOCK does not allow locking a page")
+
+        def refuse(address: int, length: int) -> None:
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        strict = self.read(b"sk-strict\n", requireLock=True)
+        self.patch(_libc, "mlock", refuse)
+        code, report = self._forkAndReport(strict)
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            report,
+            b"responses-api-proxy: cannot lock the API key again after fork: "
+            b"Operation not permitted\n",
+        )
+        strict.wipe()
+        relaxed = AuthHeader(b"Bearer sk-relaxed", locked=True)
+        relaxed._forkHook = False
+        self.patch(_libc, "mlock", lambda address, length: None)
+        relaxed.lock()
+        self.patch(_libc, "mlock", refuse)
+        code, report = self._forkAndReport(relaxed)
+        self.assertEqual(code, 0)
+        self.assertTrue(report.endswith(b"|False"), report)
+
     def test_reprRedacted(self) -> None:
         """
         The header's repr never shows the key.
