@@ -20,13 +20,22 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.processes import ENTRY_POINTS, endWithin, listening, spawnProxy
+from tests.processes import (
+    ENTRY_POINTS,
+    endWithin,
+    listening,
+    procLimits,
+    procStatus,
+    spawnProxy,
+)
 from tests.support import (
     CANARY_KEY,
     ProcessResult,
     httpClient,
     rawExchange,
+    readServerInfo,
     spawnEntryPoint,
+    waitFor,
 )
 
 ALL_FLAGS = (
@@ -283,3 +292,55 @@ class StartupTimeTests(TestCase):
         proxy.process.signal("TERM")
         result = yield proxy.process.ended
         self.assertEqual(result.exitCode, 0)
+
+
+class TwistdDaemonTests(TestCase):
+    """
+    C{twistd} without C{-n}: the key is read before it forks into the
+    background, and the daemon is as protected as the foreground process.
+    """
+
+    @inlineCallbacks
+    def test_daemonized(self) -> Any:
+        """
+        The launcher exits 0; the daemon (the pid in the pidfile and in
+        server-info) serves, keeps the key locked in memory (locks are not
+        inherited across fork), has no core limit, and on SIGTERM removes
+        its server-info and pidfile.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        info = os.path.join(directory, "info.json")
+        pidfile = os.path.join(directory, "twistd.pid")
+        launcher = spawnEntryPoint(
+            self,
+            [
+                "twistd",
+                f"--pidfile={pidfile}",
+                f"--logfile={os.path.join(directory, 'twistd.log')}",
+                "responses-api-proxy",
+                "--server-info",
+                info,
+            ],
+            stdin=CANARY_KEY.encode(),
+        )
+        result = yield endWithin(launcher, 10)
+        self.assertEqual(result.exitCode, 0, result.stderr)
+        yield waitFor(lambda: readServerInfo(info) and os.path.exists(pidfile))
+        with open(pidfile) as f:
+            pid = int(f.read())
+
+        def killDaemon() -> None:
+            if os.path.exists(f"/proc/{pid}"):
+                os.kill(pid, 9)
+
+        self.addCleanup(killDaemon)
+        self.assertEqual(readServerInfo(info)["pid"], pid)
+        self.assertTrue(listening(readServerInfo(info)["port"]))
+        if os.geteuid() == 0:
+            self.assertGreater(int(procStatus(pid)["VmLck"].split()[0]), 0)
+        self.assertEqual(procLimits(pid)["Max core file size"][:2], ["0", "0"])
+        os.kill(pid, 15)
+        yield waitFor(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5)
+        self.assertFalse(os.path.exists(info))
+        self.assertFalse(os.path.exists(pidfile))
