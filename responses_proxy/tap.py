@@ -12,6 +12,7 @@ Hardening runs first, before the key is in memory.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -99,9 +100,13 @@ def makeService(
     reactor: Any = None,
     stdinFD: int = 0,
     authorization: AuthHeader | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> ProxyApplicationService:
     """
     Compose the proxy: key, upstream client, resource tree, site, listener.
+
+    @param environ: where to read C{*_PROXY}, C{NO_PROXY} and
+        C{SSL_CERT_FILE}; L{os.environ} by default.
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
@@ -114,10 +119,14 @@ def makeService(
             reactor,
             caFile=config["upstream-ca"],
             connectTimeout=config["connect-timeout"],
+            target=config["upstream"],
+            environ=environ,
         )
         dumps = DumpWriter(config["dump-dir"], reactor) if config["dump-dir"] else None
     except (OSError, ValueError) as e:
         raise fail(str(e)) from None
+    if upstream.egress is not None:
+        _log.info("Upstream via egress proxy {proxy}", proxy=upstream.egress.describe())
     forwarder = Forwarder(
         reactor, upstream.agent, config["upstream"], authorization, dumps
     )

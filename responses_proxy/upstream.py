@@ -9,23 +9,40 @@ C{CookieAgent} whose jar is shared by every caller. A proxy must forward
 bytes unchanged and must never carry one client's cookies to another, so
 neither layer may sit between the client and the upstream. The Agent also
 follows no redirects.
+
+Trust: the system store with full host name verification, or exactly the
+CA certificates in C{--upstream-ca} (else C{$SSL_CERT_FILE}) when given.
+Egress: the upstream may be reached through an HTTP proxy named by the usual
+environment variables (see L{responses_proxy.egress}); both are read once,
+at startup.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
+    ProxyAgent,
     _HTTP11ClientFactory,
 )
 from twisted.web.iweb import IAgent
+
+from responses_proxy.egress import (
+    EgressProxy,
+    ProxyAuthorizingAgent,
+    TunnellingEndpointFactory,
+    proxyFromEnvironment,
+)
 
 DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1/responses"
 
@@ -115,6 +132,7 @@ class UpstreamClient:
 
     agent: IAgent
     pool: HTTPConnectionPool
+    egress: EgressProxy | None = None
 
     def close(self) -> Deferred[None]:
         """
@@ -129,23 +147,49 @@ def makeUpstreamClient(
     caFile: str | None = None,
     connectTimeout: float = 30.0,
     maxPersistentPerHost: int = 64,
+    target: UpstreamTarget | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> UpstreamClient:
     """
     Build the upstream client: persistent connections, TLS verified with
-    service_identity against the system store (or C{caFile}), no decoding,
-    no cookies, no redirects.
+    service_identity against the system store (or C{caFile}, else
+    C{SSL_CERT_FILE}), no decoding, no cookies, no redirects; through the
+    egress proxy C{environ} names for C{target}, if any.
+
+    @param environ: the environment to read C{*_PROXY}, C{NO_PROXY} and
+        C{SSL_CERT_FILE} from; L{os.environ} by default.
+    @raise ValueError: a CA file holds no certificate, or a proxy variable
+        is unusable (L{responses_proxy.egress.BadProxyURL}).
+    @raise OSError: a CA file cannot be read.
     """
+    environ = os.environ if environ is None else environ
+    caFile = caFile or environ.get("SSL_CERT_FILE") or None
     trustRoot = loadTrustRoot(caFile) if caFile else None
+    policy = BrowserLikePolicyForHTTPS(trustRoot)
     pool = _QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = maxPersistentPerHost
     # Shorter than common upstream keep-alive timeouts, so that we rarely
     # reuse a connection the upstream is about to close.
     pool.cachedConnectionTimeout = 20
     pool.retryAutomatically = False
-    agent = Agent(
-        reactor,
-        contextFactory=BrowserLikePolicyForHTTPS(trustRoot),
-        connectTimeout=connectTimeout,
-        pool=pool,
-    )
-    return UpstreamClient(agent, pool)
+    egress = None
+    if target is not None:
+        egress = proxyFromEnvironment(target.scheme, target.host, environ)
+    agent: IAgent
+    if egress is None:
+        agent = Agent(
+            reactor, contextFactory=policy, connectTimeout=connectTimeout, pool=pool
+        )
+    elif target is not None and target.scheme == "https":
+        # CONNECT tunnel; TLS inside it is verified against the upstream host.
+        tunnels = TunnellingEndpointFactory(reactor, egress, policy, connectTimeout)
+        agent = Agent.usingEndpointFactory(reactor, tunnels, pool=pool)
+    else:
+        # Plain HTTP: absolute-form requests to the proxy, which sees them.
+        proxyEndpoint = HostnameEndpoint(
+            reactor, egress.host, egress.port, timeout=connectTimeout
+        )
+        agent = ProxyAgent(proxyEndpoint, reactor, pool=pool)
+        if egress.authorization is not None:
+            agent = ProxyAuthorizingAgent(agent, egress.authorization)
+    return UpstreamClient(agent, pool, egress)

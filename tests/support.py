@@ -244,10 +244,15 @@ def startProxy(
     upstreamURL: str,
     *args: str,
     key: str = CANARY_KEY,
+    environ: dict[str, str] | None = None,
 ) -> RunningProxy:
     """
     Start the real proxy service (options parsed from C{args}) with C{key},
     on an ephemeral loopback port; stopped when the test ends.
+
+    C{environ} is the environment the service reads (C{*_PROXY},
+    C{SSL_CERT_FILE}); empty by default, so that the host's proxy settings
+    never leak into a test.
     """
     config = ProxyOptions()
     config.parseOptions(["--upstream-url", upstreamURL, *args])
@@ -255,6 +260,7 @@ def startProxy(
         config,
         reactor=reactor,
         authorization=AuthHeader(b"Bearer " + key.encode()),
+        environ={} if environ is None else environ,
     )
     service.privilegedStartService()
     service.startService()
