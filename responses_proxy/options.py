@@ -5,6 +5,8 @@ Command-line options, shared by the twistd plugin and the console script.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import sys
 
 from twisted.python import usage
@@ -40,6 +42,39 @@ def _positive(name: str, kind: type) -> object:
     return convert
 
 
+_INTERNET_ENDPOINTS = ("tcp", "tcp6", "ssl")
+
+
+def checkLoopbackListen(description: str) -> None:
+    """
+    Refuse a C{--listen} TCP endpoint that is not bound to a loopback
+    address: without C{interface=} Twisted binds every interface, which
+    would offer the injected key to the network. Other endpoint types
+    (C{systemd:}, C{unix:}) are left to whoever set them up.
+
+    @raise usage.UsageError: the endpoint is TCP and not loopback-only.
+    """
+    parts = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", description)]
+    if parts[0].lower() not in _INTERNET_ENDPOINTS:
+        return
+    options = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
+    interface = options.get("interface")
+    if interface is None:
+        raise usage.UsageError(
+            f"--listen {description!r} would listen on every interface; "
+            "add interface=127.0.0.1 (the proxy serves loopback only)"
+        )
+    try:
+        loopback = ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        loopback = interface == "localhost"
+    if not loopback:
+        raise usage.UsageError(
+            f"--listen interface {interface!r} is not a loopback address "
+            "(the proxy serves loopback only)"
+        )
+
+
 class ProxyOptions(usage.Options):
     """
     Options for C{responses-api-proxy}; the API key comes on standard input.
@@ -70,7 +105,8 @@ class ProxyOptions(usage.Options):
             "listen",
             None,
             None,
-            "Twisted endpoint to listen on instead of --port, e.g. "
+            "Twisted endpoint to listen on instead of --port (TCP only with a "
+            "loopback interface=), e.g. "
             "tcp:8080:interface=127.0.0.1, systemd:domain=INET:index=0, "
             "unix:/run/responses-api-proxy.sock:mode=660.",
         ],
@@ -141,6 +177,8 @@ class ProxyOptions(usage.Options):
             self["upstream"] = UpstreamTarget.fromString(self["upstream-url"])
         except BadUpstreamURL as e:
             raise usage.UsageError(f"--upstream-url: {e}") from None
+        if self["listen"] is not None:
+            checkLoopbackListen(self["listen"])
         if self["listen"] is None:
             port = self["port"] if self["port"] is not None else 0
             # Twisted's default backlog of 50 drops SYNs under a burst of

@@ -178,6 +178,22 @@ class _LifecycleTests:
         self.assertTrue(listening(port))
 
     @inlineCallbacks
+    def test_loopbackOnly(self: Any) -> Any:
+        """
+        The proxy listens on 127.0.0.1 only: the same port on another
+        loopback address (127.0.0.2) or on IPv6 refuses connections.
+        """
+        proxy = yield spawnProxy(self, entry=self.entry)
+        self.assertTrue(listening(proxy.port))
+        for family, address in (
+            (socket.AF_INET, "127.0.0.2"),
+            (socket.AF_INET6, "::1"),
+        ):
+            with socket.socket(family) as s:
+                s.settimeout(1)
+                self.assertNotEqual(s.connect_ex((address, proxy.port)), 0, address)
+
+    @inlineCallbacks
     def test_help(self: Any) -> Any:
         """
         C{--help} documents every flag and exits 0 without reading stdin.
@@ -216,6 +232,8 @@ class _LifecycleTests:
             ["--port", "x"],
             ["--port", "70000"],
             ["--port", "1", "--listen", "tcp:0"],
+            ["--listen", "tcp:0"],
+            ["--listen", "tcp:0:interface=0.0.0.0"],
             ["--max-request-body", "0"],
             ["--request-timeout", "soon"],
             ["--connect-timeout", "-1"],
