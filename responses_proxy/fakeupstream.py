@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -213,6 +214,9 @@ class FakeUpstream(Resource):
         self.reactor = reactor
         self.requests: list[RecordedRequest] = []
         self.streams: list[_Stream | _BigBody] = []
+        # Plain-text HTTP bytes received on all connections, even those
+        # that never completed a request.
+        self.bytesReceived = 0
         self.openStreams = 0
 
     def render(self, request: Request) -> object:
@@ -386,12 +390,24 @@ class _BigBody:
         self.stopped = True
 
 
+class _CountingChannel(HTTPChannel):
+    """
+    An HTTP channel that adds every byte it receives (after TLS
+    decryption) to its L{FakeUpstream}'s C{bytesReceived}.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        self.site.resource.bytesReceived += len(data)
+        super().dataReceived(data)
+
+
 def makeSite(reactor: Any) -> tuple[Site, FakeUpstream]:
     """
     A L{Site} serving a fresh L{FakeUpstream}; returns both.
     """
     upstream = FakeUpstream(reactor)
     site = Site(upstream, reactor=reactor)
+    site.protocol = _CountingChannel
     site.log = lambda request: None  # type: ignore[method-assign]
     return site, upstream
 

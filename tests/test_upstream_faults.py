@@ -132,7 +132,7 @@ class UnreachableTests(_Exchange, TestCase):
 class TLSVerificationTests(_Exchange, TestCase):
     """
     An upstream whose certificate does not verify never sees the request
-    (and so never sees the key).
+    (and so never sees the key): not one decrypted byte reaches it.
     """
 
     def setUp(self) -> None:
@@ -162,6 +162,7 @@ class TLSVerificationTests(_Exchange, TestCase):
         )
         self.assertEqual(parseRawResponse(raw).status, 200, raw)
         self.assertEqual(len(upstream.resource.requests), 1)
+        self.assertGreater(upstream.resource.bytesReceived, 0)
 
     @inlineCallbacks
     def test_selfSignedAgainstCA(self) -> None:
@@ -174,6 +175,7 @@ class TLSVerificationTests(_Exchange, TestCase):
         )
         self.assertUpstreamError(raw, 502, "upstream_tls_error")
         self.assertEqual(upstream.resource.requests, [])
+        self.assertEqual(upstream.resource.bytesReceived, 0)
 
     @inlineCallbacks
     def test_selfSignedAgainstSystemStore(self) -> None:
@@ -184,6 +186,7 @@ class TLSVerificationTests(_Exchange, TestCase):
         raw, upstream = yield self.tryUpstream(self.pki.selfSignedCert)
         self.assertUpstreamError(raw, 502, "upstream_tls_error")
         self.assertEqual(upstream.resource.requests, [])
+        self.assertEqual(upstream.resource.bytesReceived, 0)
 
     @inlineCallbacks
     def test_wrongHostName(self) -> None:
@@ -196,6 +199,7 @@ class TLSVerificationTests(_Exchange, TestCase):
         )
         self.assertUpstreamError(raw, 502, "upstream_tls_error")
         self.assertEqual(upstream.resource.requests, [])
+        self.assertEqual(upstream.resource.bytesReceived, 0)
 
 
 class BrokenStreamTests(_Exchange, TestCase):
