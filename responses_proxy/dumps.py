@@ -27,6 +27,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
 REDACTED = "[REDACTED]"
+# A response dump keeps at most this much body: dumping must not undo the
+# bounded memory that flow control gives a long or huge stream.
+MAX_DUMPED_RESPONSE_BODY = 16 * 1024 * 1024
 _SECRET_NAME_PARTS = ("authorization", "cookie", "api-key")
 
 
@@ -132,11 +135,19 @@ class DumpWriter:
 class ExchangeDump:
     """
     Collects one response (status, headers, body) and writes it at the end.
+
+    Only the first C{maxBody} bytes of the body are kept; the dump then
+    says how long the body really was (C{body_bytes}, C{body_truncated}).
     """
 
-    def __init__(self, writer: DumpWriter, path: str) -> None:
+    def __init__(
+        self, writer: DumpWriter, path: str, maxBody: int = MAX_DUMPED_RESPONSE_BODY
+    ) -> None:
         self._writer = writer
         self._path = path
+        self._maxBody = maxBody
+        self._kept = 0
+        self._total = 0
         self._status: int | None = None
         self._headers: list[dict[str, str]] = []
         self._chunks: list[bytes] = []
@@ -146,7 +157,12 @@ class ExchangeDump:
         self._headers = redactedHeaders(headers)
 
     def responseChunk(self, data: bytes) -> None:
-        self._chunks.append(data)
+        self._total += len(data)
+        room = self._maxBody - self._kept
+        if room > 0:
+            kept = data[:room]
+            self._kept += len(kept)
+            self._chunks.append(kept)
 
     def finished(self, outcome: str) -> None:
         """
@@ -158,5 +174,7 @@ class ExchangeDump:
             "status": self._status,
             "outcome": outcome,
             "headers": self._headers,
+            "body_bytes": self._total,
+            "body_truncated": self._total > self._kept,
         }
         self._writer._inThread(_writeDump, self._path, document, body)

@@ -14,8 +14,13 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
+from twisted.web.http_headers import Headers
 
-from responses_proxy.dumps import DumpWriter
+from responses_proxy.dumps import (
+    MAX_DUMPED_RESPONSE_BODY,
+    DumpWriter,
+    ExchangeDump,
+)
 from tests.support import (
     CANARY_KEY,
     connectRaw,
@@ -111,6 +116,8 @@ class DumpTests(TestCase):
         self.assertEqual(_headerValues(response, "x-request-id"), ["req_fake_1"])
         self.assertIsInstance(response["body"], str)
         self.assertIn("event: response.completed", response["body"])
+        self.assertFalse(response["body_truncated"])
+        self.assertEqual(response["body_bytes"], len(response["body"].encode()))
         for name in self.files():
             with open(os.path.join(self.directory, name), "rb") as f:
                 content = f.read()
@@ -271,3 +278,36 @@ class UpstreamFailureDumpTests(TestCase):
             response = json.loads(f.read())
         self.assertEqual(response["status"], 502)
         self.assertEqual(response["body"]["error"]["code"], "upstream_refused")
+
+
+class ResponseBodyCapTests(TestCase):
+    """
+    A response dump keeps a bounded part of the body.
+    """
+
+    @inlineCallbacks
+    def test_bodyCapped(self) -> None:
+        """
+        Past C{maxBody} bytes, the body is no longer kept; the dump records
+        the real length and that it was truncated.
+        """
+        directory = os.path.abspath(self.mktemp())
+        writer = DumpWriter(directory, reactor)
+        path = os.path.join(directory, "000001-0-response.json")
+        dump = ExchangeDump(writer, path, maxBody=10)
+        dump.responseStarted(200, Headers({b"content-type": [b"text/plain"]}))
+        for piece in (b"0123456", b"789abc", b"defghij"):
+            dump.responseChunk(piece)
+        dump.finished("complete")
+        yield waitFor(lambda: os.path.exists(path))
+        with open(path, "rb") as f:
+            document = json.loads(f.read())
+        self.assertEqual(document["body"], "0123456789")
+        self.assertEqual(document["body_bytes"], 20)
+        self.assertTrue(document["body_truncated"])
+
+    def test_defaultCap(self) -> None:
+        """
+        By default a dump keeps at most 16 MiB of response body.
+        """
+        self.assertEqual(MAX_DUMPED_RESPONSE_BODY, 16 * 1024 * 1024)
