@@ -198,10 +198,11 @@ class Exchange:
         self.bytesIn = body.length
         if forwarder.dumps is not None:
             self._dump = forwarder.dumps.startExchange(request)
-        self._responseDeferred = forwarder.agent.request(
-            b"POST", forwarder.target.url, headers, body
-        )
-        self._responseDeferred.addCallbacks(self._gotResponse, self._requestFailed)
+        d = forwarder.agent.request(b"POST", forwarder.target.url, headers, body)
+        if not d.called:
+            self._responseDeferred = d
+        d.addCallbacks(self._gotResponse, self._requestFailed)
+        d.addErrback(self._internalError)
 
     # Upstream answered (headers).
 
@@ -277,6 +278,31 @@ class Exchange:
         request.finish()
         self.bytesOut = len(body)
         self._end("upstream_error")
+
+    # A bug of ours: never leave the client hanging.
+
+    def _internalError(self, failure: Failure) -> None:
+        self._responseDeferred = None
+        self._log.failure("Forwarding failed", failure=failure)
+        if self._clientGone or self._ended:
+            return
+        request = self._request
+        if request.startedWriting:
+            request.channel.transport.abortConnection()
+        else:
+            request.responseHeaders = type(request.responseHeaders)()
+            self.status = 502
+            body = respondWithError(
+                request,
+                502,
+                "the proxy failed to relay the upstream's answer",
+                "upstream_error",
+                "proxy_error",
+            )
+            request.write(body)
+            request.finish()
+            self.bytesOut = len(body)
+        self._end("proxy_error")
 
     # Client went away.
 

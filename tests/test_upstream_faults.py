@@ -344,3 +344,28 @@ class AbortSignalTests(TestCase):
         )
         yield waitFor(lambda: conn.closed.called, timeout=5)
         self.assertFalse(conn.lostReason.check(ConnectionDone), conn.lostReason)
+
+
+class InternalErrorTests(_Exchange, TestCase):
+    """
+    A bug while relaying never leaves the client hanging.
+    """
+
+    @inlineCallbacks
+    def test_failureBeforeHeadersIs502(self) -> None:
+        """
+        If handling the upstream's answer raises before anything was sent
+        to the client, the client gets a JSON 502 and the error is logged.
+        """
+        from responses_proxy import forward
+
+        def broken(upstream: Any, outgoing: Any) -> None:
+            raise RuntimeError("simulated bug")
+
+        self.patch(forward, "mirrorResponseHeaders", broken)
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url)
+        raw = yield self.exchange(proxy.port, b"x-fake-scenario: json", timeout=5)
+        self.assertUpstreamError(raw, 502, "proxy_error")
+        [logged] = self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(str(logged.value), "simulated bug")
