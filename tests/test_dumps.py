@@ -90,6 +90,8 @@ class DumpTests(TestCase):
                 _BODY,
                 b"Authorization: Bearer sk-client-secret",
                 b"Cookie: session=client-cookie",
+                b"api-key: azure-client-secret",
+                b"Proxy-Authorization: Basic proxy-secret",
                 b"X-Visible: shown",
                 b"x-fake-response-headers: "
                 + json.dumps([["Set-Cookie", "s=upstream-cookie"]]).encode(),
@@ -109,6 +111,8 @@ class DumpTests(TestCase):
         self.assertEqual(request["body"], json.loads(_BODY))
         self.assertEqual(_headerValues(request, "authorization"), ["[REDACTED]"])
         self.assertEqual(_headerValues(request, "cookie"), ["[REDACTED]"])
+        self.assertEqual(_headerValues(request, "api-key"), ["[REDACTED]"])
+        self.assertEqual(_headerValues(request, "proxy-authorization"), ["[REDACTED]"])
         self.assertEqual(_headerValues(request, "x-visible"), ["shown"])
         response = self.load(responseName)
         self.assertEqual(response["status"], 200)
@@ -124,6 +128,8 @@ class DumpTests(TestCase):
             self.assertNotIn(CANARY_KEY.encode(), content)
             self.assertNotIn(b"sk-client-secret", content)
             self.assertNotIn(b"client-cookie", content)
+            self.assertNotIn(b"azure-client-secret", content)
+            self.assertNotIn(b"proxy-secret", content)
         self.assertNotIn("upstream-cookie", json.dumps(response))
 
     @inlineCallbacks
