@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import (
+    Deferred,
+    DeferredSemaphore,
+    gatherResults,
+    inlineCallbacks,
+)
 from twisted.trial.unittest import TestCase
 
 from tests.support import (
@@ -136,6 +141,18 @@ def endWithin(process: SpawnedProcess, seconds: float) -> Deferred[ProcessResult
 
     ended.addBoth(relay)
     return d.addCallback(check)
+
+
+def inParallel(
+    calls: list[Callable[[], Deferred[Any]]], limit: int = 4
+) -> Deferred[list[Any]]:
+    """
+    Run C{calls} (functions returning Deferreds) at most C{limit} at a time,
+    so a burst of spawned processes does not starve a loaded machine; fire
+    with their results in order.
+    """
+    semaphore = DeferredSemaphore(limit)
+    return gatherResults([semaphore.run(call) for call in calls], consumeErrors=True)
 
 
 _RESTRICT = """

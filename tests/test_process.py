@@ -17,12 +17,13 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.processes import (
     ENTRY_POINTS,
     endWithin,
+    inParallel,
     listening,
     procLimits,
     procStatus,
@@ -240,15 +241,15 @@ class _LifecycleTests:
             ["--upstream-url", "ftp://example.com/v1/responses"],
             ["--no-such-flag"],
         ]
-        results = yield gatherResults(
+        results = yield inParallel(
             [
-                endWithin(
+                lambda args=args: endWithin(
                     spawnEntryPoint(
                         self,
                         [*ENTRY_POINTS[self.entry], "--server-info", info, *args],
                         stdin=CANARY_KEY.encode(),
                     ),
-                    10,
+                    30,
                 )
                 for args in cases
             ]
@@ -300,13 +301,13 @@ class StartupTimeTests(TestCase):
     @inlineCallbacks
     def test_startsQuickly(self) -> Any:
         """
-        The console script is listening (server-info written) within 3
+        The console script is listening (server-info written) within 5
         seconds of being spawned; typically about 0.3 s.
         """
         started = reactor.seconds()
         proxy = yield spawnProxy(self)
         elapsed = reactor.seconds() - started
-        self.assertLess(elapsed, 3.0)
+        self.assertLess(elapsed, 5.0)
         proxy.process.signal("TERM")
         result = yield proxy.process.ended
         self.assertEqual(result.exitCode, 0)
