@@ -13,7 +13,10 @@ from __future__ import annotations
 import os
 import re
 import stat
+import termios
 import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from twisted.logger import Logger
@@ -121,6 +124,26 @@ def checkReadable(fd: int) -> None:
         raise InvalidKey("no API key: standard input is closed (pipe the key in)")
 
 
+@contextmanager
+def _echoOff(fd: int) -> Iterator[None]:
+    """
+    While reading from a terminal, do not echo what is typed (as getpass
+    does), so the key does not end up on the screen or in a scrollback.
+    """
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
 def _readAll(fd: int, buffer: bytearray) -> int:
     """
     Read from C{fd} into C{buffer} until EOF or until it is full; return how
@@ -170,9 +193,17 @@ def _validate(key: memoryview) -> None:
         )
 
 
-def readAuthHeader(fd: int = 0, *, requireLock: bool = False) -> AuthHeader:
+def readAuthHeader(
+    fd: int = 0,
+    *,
+    requireLock: bool = False,
+    prompt: Callable[[], object] | None = None,
+) -> AuthHeader:
     """
     Read the key from C{fd} and build the locked C{Bearer <key>} header value.
+
+    When C{fd} is a terminal, echo is turned off while reading and then
+    C{prompt} (if given) is called to tell the person at it what to do.
 
     @raise InvalidKey: the input is closed, empty, too long or has other
         characters.
@@ -184,7 +215,14 @@ def readAuthHeader(fd: int = 0, *, requireLock: bool = False) -> AuthHeader:
     raw = bytearray(MAX_KEY_LENGTH + 3)
     scratch = bytearray()
     try:
-        length = _keyLength(raw, _readAll(fd, raw))
+        if os.isatty(fd):
+            with _echoOff(fd):
+                if prompt is not None:
+                    prompt()
+                filled = _readAll(fd, raw)
+        else:
+            filled = _readAll(fd, raw)
+        length = _keyLength(raw, filled)
         with memoryview(raw) as view:
             _validate(view[:length])
             scratch = bytearray(len(_PREFIX) + length)

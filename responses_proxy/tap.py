@@ -78,6 +78,15 @@ class _UpstreamPoolService(Service):
         return self._upstream.close()
 
 
+def _terminalPrompt() -> None:
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(
+        "responses-api-proxy: reading the API key from the terminal, not echoed "
+        "(end it with Ctrl-D; better: pipe it in)\n"
+    )
+    stream.flush()
+
+
 def loadKey(stdinFD: int) -> AuthHeader:
     """
     Harden the process, then read the key; exit with one line on failure.
@@ -85,7 +94,7 @@ def loadKey(stdinFD: int) -> AuthHeader:
     secure = secureModeRequested()
     try:
         harden(secure)
-        return readAuthHeader(stdinFD, requireLock=secure)
+        return readAuthHeader(stdinFD, requireLock=secure, prompt=_terminalPrompt)
     except HardeningFailed as e:
         raise fail(f"{e} (CODEX_SECURE_MODE=1 makes this fatal)") from None
     except InvalidKey as e:
@@ -122,9 +131,17 @@ def makeService(
             target=config["upstream"],
             environ=environ,
         )
-        dumps = DumpWriter(config["dump-dir"], reactor) if config["dump-dir"] else None
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        # --upstream-ca, or SSL_CERT_FILE from the environment.
+        raise fail(
+            f"cannot read the upstream CA file {e.filename or ''}: {e.strerror or e}"
+        ) from None
+    except ValueError as e:
         raise fail(str(e)) from None
+    try:
+        dumps = DumpWriter(config["dump-dir"], reactor) if config["dump-dir"] else None
+    except OSError as e:
+        raise fail(f"--dump-dir {config['dump-dir']}: {e.strerror or e}") from None
     if upstream.egress is not None:
         _log.info("Upstream via egress proxy {proxy}", proxy=upstream.egress.describe())
     forwarder = Forwarder(

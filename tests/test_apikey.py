@@ -12,7 +12,7 @@ import select
 import tempfile
 from typing import Any
 
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -387,6 +387,51 @@ class SpawnedKeyTests(TestCase):
             self.assertIn("standard input is closed", line)
         for line in devNull:
             self.assertIn("it was empty", line)
+
+    @inlineCallbacks
+    def test_keyFromTerminal(self) -> Any:
+        """
+        With a terminal as stdin the proxy says it is waiting for the key
+        (and how to end it), reads what is typed up to Ctrl-D without
+        echoing it, then serves.
+        """
+        from twisted.internet import protocol, reactor
+
+        from tests.support import childEnvironment, scriptPath, waitFor
+
+        info = os.path.join(os.path.abspath(self.mktemp()), "info.json")
+        output = bytearray()
+        ended: Deferred[None] = Deferred()
+
+        class Terminal(protocol.ProcessProtocol):
+            def childDataReceived(self, fd: int, data: bytes) -> None:
+                output.extend(data)
+
+            def processEnded(self, reason: Any) -> None:
+                ended.callback(None)
+
+        executable = scriptPath("responses-api-proxy")
+        transport = reactor.spawnProcess(
+            Terminal(),
+            executable,
+            [executable, "--server-info", info],
+            env=childEnvironment(),
+            usePTY=True,
+        )
+
+        def stop() -> Deferred[None] | None:
+            if ended.called:
+                return None
+            transport.signalProcess("KILL")
+            return ended
+
+        self.addCleanup(stop)
+        yield waitFor(lambda: b"end it with Ctrl-D" in output)
+        self.assertIsNone(readServerInfo(info))
+        transport.write(CANARY_KEY.encode() + b"\n\x04")
+        yield waitFor(lambda: readServerInfo(info) or ended.called)
+        self.assertIsNotNone(readServerInfo(info), bytes(output))
+        self.assertNotIn(CANARY_KEY.encode()[:12], bytes(output))
 
     @inlineCallbacks
     def test_keyLockedInRunningProxy(self) -> Any:

@@ -166,6 +166,47 @@ class _LifecycleTests:
         self.assertFalse(os.path.exists(info))
 
     @inlineCallbacks
+    def test_unusableFiles(self: Any) -> Any:
+        """
+        An unusable C{--dump-dir} or C{--upstream-ca} ends start-up with exit
+        1 and one line naming the option's file and the reason.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        blocker = os.path.join(directory, "file")
+        with open(blocker, "wb"):
+            pass
+        info = os.path.join(directory, "info.json")
+        cases = [
+            (
+                ["--dump-dir", f"{blocker}/dumps"],
+                f"responses-api-proxy: --dump-dir {blocker}/dumps: Not a directory",
+            ),
+            (
+                ["--upstream-ca", f"{directory}/missing.pem"],
+                "responses-api-proxy: cannot read the upstream CA file "
+                f"{directory}/missing.pem: No such file or directory",
+            ),
+        ]
+        results = yield inParallel(
+            [
+                lambda args=args: endWithin(
+                    spawnEntryPoint(
+                        self,
+                        [*ENTRY_POINTS[self.entry], "--server-info", info, *args],
+                        stdin=CANARY_KEY.encode(),
+                    ),
+                    30,
+                )
+                for args, _ in cases
+            ]
+        )
+        for (args, expected), result in zip(cases, results, strict=True):
+            self.assertEqual(result.exitCode, 1, args)
+            self.assertEqual(stderrLines(result), [expected])
+        self.assertFalse(os.path.exists(info))
+
+    @inlineCallbacks
     def test_explicitPort(self: Any) -> Any:
         """
         C{--port N} listens on 127.0.0.1:N and server-info says so.
