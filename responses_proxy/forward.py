@@ -199,8 +199,11 @@ class Exchange:
         if forwarder.dumps is not None:
             self._dump = forwarder.dumps.startExchange(request)
         d = forwarder.agent.request(b"POST", forwarder.target.url, headers, body)
-        if not d.called:
-            self._responseDeferred = d
+        # Kept for cancelling until a callback below clears it. Not "if not
+        # d.called": on a pooled connection d has fired already (with the
+        # Deferred of the answer still to come), and a client leaving then
+        # must still cancel the upstream request and close its connection.
+        self._responseDeferred = d
         d.addCallbacks(self._gotResponse, self._requestFailed)
         d.addErrback(self._internalError)
 

@@ -263,12 +263,19 @@ class ClientGoneTests(TestCase):
     timeout = 30
 
     @inlineCallbacks
-    def assertUpstreamClosedWhenClientLeaves(self, scenario: str, marker: bytes) -> Any:
+    def assertUpstreamClosedWhenClientLeaves(
+        self, scenario: str, marker: bytes, pooled: bool = False
+    ) -> Any:
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url, "--request-timeout", "1")
+        if pooled:
+            # A first exchange leaves an idle upstream connection in the
+            # proxy's pool, which the next request reuses.
+            data = yield rawExchange(proxy.port, goodRequest(x_fake_scenario="json"))
+            self.assertEqual(parseResponse(data).status, 200)  # type: ignore[union-attr]
         client = yield connect(self, proxy.port)
         client.transport.write(_request(scenario, 30000))
-        yield waitFor(lambda: upstream.connections and upstream.resource.requests)
+        yield waitFor(lambda: len(upstream.resource.requests) == 1 + pooled)
         yield waitFor(lambda: marker in client.received)
         [(_, upstreamLost)] = upstream.connections
         self.assertFalse(upstreamLost.called)
@@ -290,3 +297,19 @@ class ClientGoneTests(TestCase):
         upstream connection closes within 1 s.
         """
         return self.assertUpstreamClosedWhenClientLeaves("silent", b"")
+
+    def test_clientLeavesBeforeHeadersPooled(self) -> None:
+        """
+        The same on a reused (pooled) upstream connection: the pending
+        upstream request is cancelled and its connection closed within 1 s,
+        never handed to the next request with an answer still to come.
+        """
+        return self.assertUpstreamClosedWhenClientLeaves("silent", b"", pooled=True)
+
+    def test_clientLeavesMidStreamPooled(self) -> None:
+        """
+        The same mid-stream, on a reused (pooled) upstream connection.
+        """
+        return self.assertUpstreamClosedWhenClientLeaves(
+            "stall", b": stalling", pooled=True
+        )
