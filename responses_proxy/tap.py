@@ -161,8 +161,11 @@ def makeService(
     )
     try:
         endpoint = serverFromString(reactor, config["listen"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise fail(f"invalid --listen endpoint {config['listen']!r}: {e}") from None
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        message = f"invalid --listen endpoint {config['listen']!r}: {e}"
+        if config["listen"].startswith("systemd:"):
+            message += " (systemd passed no such socket; see LISTEN_FDNAMES)"
+        raise fail(message) from None
     top = ProxyApplicationService()
     _UpstreamPoolService(upstream).setServiceParent(top)
     ProxyService(

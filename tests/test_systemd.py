@@ -308,12 +308,16 @@ class SocketActivationTests(TestCase):
     twistd started like systemd starts the activated service.
     """
 
-    def twistdArgv(self, listen: str, serverInfo: str, upstreamURL: str) -> list[str]:
+    def twistdArgv(
+        self, listen: str, serverInfo: str, upstreamURL: str, console: bool = False
+    ) -> list[str]:
+        if console:
+            command = [scriptPath("responses-api-proxy")]
+        else:
+            command = [scriptPath("twistd"), "--nodaemon", "--pidfile="]
+            command.append("responses-api-proxy")
         return [
-            scriptPath("twistd"),
-            "--nodaemon",
-            "--pidfile=",
-            "responses-api-proxy",
+            *command,
             "--listen",
             listen,
             "--server-info",
@@ -331,6 +335,7 @@ class SocketActivationTests(TestCase):
         listening: socket.socket | None,
         expectedPort: int | None,
         status: str,
+        console: bool = False,
     ) -> Any:
         """
         READY=1 after the port answers and server-info exists; STATUS names
@@ -350,7 +355,10 @@ class SocketActivationTests(TestCase):
         notify = listenNotify(self, atReady)
         env = childEnvironment(NOTIFY_SOCKET=notify.path)
         capture = spawnWithListenFDs(
-            self, self.twistdArgv(listen, serverInfo, upstream.url), listening, env
+            self,
+            self.twistdArgv(listen, serverInfo, upstream.url, console),
+            listening,
+            env,
         )
         yield waitFor(lambda: notify.readyState or capture.ended.called, timeout=30)
         self.assertTrue(notify.readyState, capture.err.decode() + capture.out.decode())
@@ -414,6 +422,45 @@ class SocketActivationTests(TestCase):
             port,
             f"127.0.0.1:{port}",
         )
+
+    def test_inheritedByConsoleScript(self) -> None:
+        """
+        The console script adopts the inherited socket the same way.
+        """
+        listening = self.inetSocket()
+        port = listening.getsockname()[1]
+        return self.checkLifecycle(
+            f"systemd:domain=INET:name={FD_NAME}",
+            socket.AF_INET,
+            ("127.0.0.1", port),
+            listening,
+            port,
+            f"127.0.0.1:{port}",
+            console=True,
+        )
+
+    @inlineCallbacks
+    def test_noSocketPassed(self) -> None:
+        """
+        Asked to adopt a socket systemd did not pass, twistd exits 1 with one
+        line saying so, never a traceback, and never reports ready.
+        """
+        notify = listenNotify(self, lambda: None)
+        for listen in [
+            f"systemd:domain=INET:name={FD_NAME}",
+            "systemd:domain=INET:index=0",
+        ]:
+            capture = spawnWithListenFDs(
+                self,
+                self.twistdArgv(listen, "unused.json", "http://127.0.0.1:9/"),
+                None,
+                childEnvironment(NOTIFY_SOCKET=notify.path),
+            )
+            result = yield capture.ended
+            self.assertEqual(result.exitCode, 1)
+            self.assertNotIn(b"Traceback", result.stderr)
+            self.assertIn(b"systemd passed no such socket", result.stderr)
+        self.assertEqual(notify.messages, [])
 
     def test_inheritedByIndex(self) -> None:
         """
