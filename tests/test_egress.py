@@ -34,6 +34,7 @@ from tests.support import (
     _trackConnections,
     httpClient,
     makeTestPKI,
+    rawExchange,
     serverContext,
     startFakeUpstream,
     startProxy,
@@ -58,7 +59,9 @@ class ConnectProxyState:
     relayed: bytearray = field(default_factory=bytearray)
     hosts: dict[bytes, str] = field(default_factory=dict)
     answer: bytes | None = None
+    silent: bool = False
     relays: list[Deferred[None]] = field(default_factory=list)
+    protocols: list[Any] = field(default_factory=list)
 
 
 class _Relay(Protocol):
@@ -95,6 +98,8 @@ class _ConnectProxyProtocol(Protocol):
         headers = dict(line.split(b": ", 1) for line in lines[1:])
         headers = {k.lower(): v for k, v in headers.items()}
         self.state.requests.append((method, target, headers))
+        if self.state.silent:
+            return
         if self.state.answer is not None or method != b"CONNECT":
             self.transport.write(self.state.answer or b"HTTP/1.1 405 No\r\n\r\n")
             self.transport.loseConnection()
@@ -128,7 +133,7 @@ def startConnectProxy(testCase: TestCase) -> tuple[int, ConnectProxyState]:
     """
     state = ConnectProxyState()
     factory = Factory.forProtocol(lambda: _ConnectProxyProtocol(state))
-    protocols = _trackConnections(factory, testCase)
+    protocols = state.protocols = _trackConnections(factory, testCase)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
 
     @inlineCallbacks
@@ -330,6 +335,54 @@ class EgressTests(TestCase):
         code, body = yield self.post(proxy.url)
         self.assertEqual(code, 502)
         self.assertEqual(json.loads(body)["error"]["code"], "egress_proxy_error")
+
+    @inlineCallbacks
+    def test_connectUnanswered(self) -> None:
+        """
+        An egress proxy that never answers CONNECT counts as a connect
+        timeout (C{--connect-timeout}): 504, and the tunnel is closed.
+        """
+        upstream = self.tlsUpstream()
+        proxyPort, state = startConnectProxy(self)
+        state.silent = True
+        proxy = startProxy(
+            self,
+            f"https://localhost:{upstream.port}/v1/responses",
+            "--upstream-ca",
+            self.pki.caCert,
+            "--connect-timeout",
+            "0.3",
+            environ={"HTTPS_PROXY": f"http://127.0.0.1:{proxyPort}"},
+        )
+        code, body = yield self.post(proxy.url)
+        self.assertEqual(code, 504)
+        self.assertEqual(json.loads(body)["error"]["code"], "upstream_timeout")
+        [(_, lost)] = state.protocols
+        yield lost
+
+    @inlineCallbacks
+    def test_clientGoneDuringConnect(self) -> None:
+        """
+        A client that leaves while the tunnel is being set up takes the
+        tunnel with it.
+        """
+        upstream = self.tlsUpstream()
+        proxyPort, state = startConnectProxy(self)
+        state.silent = True
+        proxy = startProxy(
+            self,
+            f"https://localhost:{upstream.port}/v1/responses",
+            "--upstream-ca",
+            self.pki.caCert,
+            environ={"HTTPS_PROXY": f"http://127.0.0.1:{proxyPort}"},
+        )
+        request = (
+            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        yield rawExchange(proxy.port, request, timeout=0.3)
+        self.assertEqual(len(state.requests), 1)
+        [(_, lost)] = state.protocols
+        yield lost
 
     @inlineCallbacks
     def test_proxyCredentials(self) -> None:
