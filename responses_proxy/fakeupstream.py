@@ -11,6 +11,8 @@ request with headers, which the proxy forwards unchanged:
     C{drop} (abort mid-stream), C{stall} (headers, then silence),
     C{silent} (silence before headers), C{redirect}, C{cookie}, C{big}, C{echo};
   - C{x-fake-events}, C{x-fake-interval-ms}: SSE event count and spacing;
+  - C{x-fake-step: manual}: send one SSE event now and each further one
+    only when a test calls the stream's C{step()};
   - C{x-fake-status}: the status for C{status}; C{x-fake-bytes}: size for C{big};
   - C{x-fake-delay-ms}: silence length for C{stall} and C{silent};
   - C{x-fake-response-headers}: a JSON list of C{[name, value]} pairs
@@ -160,7 +162,8 @@ def _addResponseHeaders(request: Request) -> None:
 @dataclass
 class _Stream:
     """
-    Writes queued chunks one by one, C{interval} seconds apart.
+    Writes queued chunks one by one, C{interval} seconds apart; or, when
+    C{manual}, one more each time L{step} is called (the first at once).
     """
 
     request: Request
@@ -168,6 +171,7 @@ class _Stream:
     interval: float
     reactor: Any
     abortAfter: int | None = None
+    manual: bool = False
     call: IDelayedCall | None = None
     gone: bool = False
     sent: int = field(default=0)
@@ -184,22 +188,28 @@ class _Stream:
         if self.call is not None and self.call.active():
             self.call.cancel()
 
+    def step(self) -> None:
+        """
+        In C{manual} mode: send the next chunk (or finish the answer).
+        """
+        self._next()
+
     def _next(self) -> None:
         self.call = None
-        if self.gone:
-            return
-        if self.abortAfter is not None and self.sent >= self.abortAfter:
-            self.request.channel.transport.abortConnection()
-            return
-        if not self.chunks:
-            self.request.finish()
-            return
-        self.request.write(self.chunks.pop(0))
-        self.sent += 1
-        if self.interval:
-            self.call = self.reactor.callLater(self.interval, self._next)
-        else:
-            self._next()
+        while not self.gone:
+            if self.abortAfter is not None and self.sent >= self.abortAfter:
+                self.request.channel.transport.abortConnection()
+                return
+            if not self.chunks:
+                self.request.finish()
+                return
+            self.request.write(self.chunks.pop(0))
+            self.sent += 1
+            if self.manual:
+                return
+            if self.interval:
+                self.call = self.reactor.callLater(self.interval, self._next)
+                return
 
 
 class FakeUpstream(Resource):
@@ -251,7 +261,12 @@ class FakeUpstream(Resource):
         request.setHeader(b"x-ratelimit-remaining-requests", b"99")
         interval = _intHeader(request, b"x-fake-interval-ms", 0) / 1000
         stream = _Stream(
-            request, [sseEvent(e) for e in events], interval, self.reactor, abortAfter
+            request,
+            [sseEvent(e) for e in events],
+            interval,
+            self.reactor,
+            abortAfter,
+            manual=request.getHeader(b"x-fake-step") == b"manual",
         )
         self.streams.append(stream)
         stream.start()

@@ -26,18 +26,16 @@ class SSEArrivalTests(TestCase):
     def test_eachEventBeforeTheNext(self) -> None:
         """
         Event k reaches the client before the upstream has sent event k+1:
-        the proxy never holds an event back waiting for more data.
+        the upstream is held in lockstep (it sends event k+1 only once the
+        client holds event k), so a proxy that held any event back waiting
+        for more data would never let the stream finish.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
         response = yield httpClient(self).post(
             proxy.url,
             data=_BODY,
-            headers={
-                "x-fake-scenario": "sse",
-                "x-fake-events": "3",
-                "x-fake-interval-ms": "100",
-            },
+            headers={"x-fake-events": "3", "x-fake-step": "manual"},
             unbuffered=True,
         )
         self.assertEqual(response.code, 200)
@@ -50,17 +48,52 @@ class SSEArrivalTests(TestCase):
             received.extend(data)
             progress.append((received.count(b"\n\n"), stream.sent))
 
-        yield treq.collect(response, gotData)
-        events = received.count(b"\n\n")
-        self.assertEqual(events, 11)
+        done = treq.collect(response, gotData)
+        for k in range(1, 12):
+            yield waitFor(lambda k=k: received.count(b"\n\n") >= k, timeout=5)
+            self.assertEqual(stream.sent, k, "upstream ran ahead")
+            stream.step()
+        yield done
+        self.assertEqual(received.count(b"\n\n"), 11)
+        self.assertTrue(received.startswith(b"event: response.created\n"))
         self.assertTrue(received.endswith(b"\n\n"))
         self.assertIn(b"event: response.completed", received)
-        seen = set()
         for complete, upstreamSent in progress:
-            seen.add(complete)
-            self.assertLessEqual(upstreamSent, complete, progress)
-        # Every event arrived on its own, not batched with the next one.
-        self.assertEqual(seen, set(range(1, events + 1)), progress)
+            self.assertEqual(upstreamSent, complete, progress)
+
+    @inlineCallbacks
+    def test_timedEventsArriveSeparately(self) -> None:
+        """
+        With events spaced 50 ms apart by the upstream, the client receives
+        them as separate deliveries, never all at the end.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url)
+        response = yield httpClient(self).post(
+            proxy.url,
+            data=_BODY,
+            headers={"x-fake-events": "3", "x-fake-interval-ms": "50"},
+            unbuffered=True,
+        )
+        [stream] = upstream.resource.streams
+        sentAtDelivery: list[int] = []
+        yield treq.collect(response, lambda data: sentAtDelivery.append(stream.sent))
+        # Most deliveries happen while the upstream is still sending.
+        self.assertGreater(len([n for n in sentAtDelivery if n < 11]), 5)
+
+    @inlineCallbacks
+    def test_manyEvents(self) -> None:
+        """
+        A stream of 5000 events sent back to back arrives complete.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url)
+        response = yield httpClient(self).post(
+            proxy.url, data=_BODY, headers={"x-fake-events": "5000"}
+        )
+        text = yield response.text()
+        self.assertEqual(text.count("event: response.output_text.delta"), 5000)
+        self.assertTrue(text.endswith("\n\n"))
 
 
 class _CountingClient(protocol.Protocol):
