@@ -291,6 +291,37 @@ class ClientGoneTests(TestCase):
         self.assertLess(stream.lostAt - gone, 1.0)
 
 
+class PooledClientGoneTests(_Exchange, TestCase):
+    """
+    The same, when the upstream connection is a reused (pooled) one.
+    """
+
+    @inlineCallbacks
+    def test_clientDisconnectsBeforeHeadersPooled(self) -> None:
+        """
+        After one exchange left a pooled upstream connection, a client that
+        disconnects while the upstream is silent still makes the proxy
+        close that connection within 1 s.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url)
+        conn = yield connectRaw(self, proxy.port)
+        conn.send(
+            b"POST /v1/responses HTTP/1.1\r\nx-fake-scenario: json\r\n"
+            b"Content-Length: 2\r\n\r\n{}"
+        )
+        yield conn.waitForBytes(b"\r\n0\r\n\r\n")
+        self.assertEqual(len(upstream.connections), 1)
+        conn.send(_request(b"x-fake-scenario: silent", b"x-fake-delay-ms: 10000"))
+        yield waitFor(lambda: upstream.resource.streams)
+        self.assertEqual(len(upstream.connections), 1, "connection not reused")
+        [stream] = upstream.resource.streams
+        conn.transport.abortConnection()
+        gone = reactor.seconds()
+        yield waitFor(lambda: stream.lostAt is not None, timeout=5)
+        self.assertLess(stream.lostAt - gone, 1.0)
+
+
 class SlowUpstreamTests(_Exchange, TestCase):
     """
     The request timeout bounds the client, never the upstream.
