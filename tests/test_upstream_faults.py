@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from tests.support import (
@@ -400,3 +401,78 @@ class InternalErrorTests(_Exchange, TestCase):
         self.assertUpstreamError(raw, 502, "proxy_error")
         [logged] = self.flushLoggedErrors(RuntimeError)
         self.assertEqual(str(logged.value), "simulated bug")
+
+
+class _CannedUpstream(Protocol):
+    """
+    Answers the first complete request with canned bytes, then closes.
+    """
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if self.buffer.endswith(_BODY):
+            self.transport.write(self.answer)
+            self.transport.loseConnection()
+
+
+class RawUpstreamTests(_Exchange, TestCase):
+    """
+    Upstream answers twisted.web would never produce.
+    """
+
+    def startCanned(self, answer: bytes) -> int:
+        """
+        Listen on loopback with a L{_CannedUpstream}; return the port.
+        """
+        factory = Factory.forProtocol(lambda: _CannedUpstream(answer))
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @inlineCallbacks
+    def test_closeDelimitedBody(self) -> None:
+        """
+        An HTTP/1.0 answer whose body ends when the upstream closes is
+        relayed complete (the close is its proper end).
+        """
+        port = self.startCanned(
+            b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it"
+        )
+        proxy = startProxy(self, f"http://127.0.0.1:{port}/v1/responses")
+        raw = yield self.exchange(proxy.port, timeout=5)
+        response = parseRawResponse(raw)
+        self.assertEqual(response.status, 200, raw)
+        self.assertTrue(response.complete)
+        self.assertEqual(response.body, b"all of it")
+
+    @inlineCallbacks
+    def test_shortContentLength(self) -> None:
+        """
+        An answer that closes before its Content-Length is complete makes
+        the proxy reset the client connection: whatever part of the answer
+        got out, it never looks complete.
+        """
+        port = self.startCanned(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
+        )
+        proxy = startProxy(self, f"http://127.0.0.1:{port}/v1/responses")
+        conn = yield connectRaw(self, proxy.port)
+        conn.send(_request())
+        yield waitFor(lambda: conn.closed.called, timeout=5)
+        self.assertFalse(conn.lostReason.check(ConnectionDone), conn.lostReason)
+        if conn.data:
+            self.assertFalse(parseRawResponse(bytes(conn.data)).complete)
+
+    @inlineCallbacks
+    def test_garbageAnswer(self) -> None:
+        """
+        An answer that is not HTTP is a 502.
+        """
+        port = self.startCanned(b"SSH-2.0-OpenSSH_9.6\r\n")
+        proxy = startProxy(self, f"http://127.0.0.1:{port}/v1/responses")
+        raw = yield self.exchange(proxy.port, timeout=5)
+        self.assertUpstreamError(raw, 502, "upstream_unavailable")
