@@ -183,6 +183,8 @@ class Exchange:
         self.bytesIn = 0
         self.bytesOut = 0
         self._dump: ExchangeDump | None = None
+        # An upstream answer whose body nobody has taken yet.
+        self._undelivered: IResponse | None = None
 
     def start(self) -> None:
         """
@@ -211,11 +213,13 @@ class Exchange:
 
     def _gotResponse(self, response: IResponse) -> None:
         self._responseDeferred = None
+        self._undelivered = response
         self.upstreamStatus = response.code
         requestIds = response.headers.getRawHeaders(b"x-request-id")
         if requestIds:
             self.upstreamRequestId = requestIds[0].decode("latin-1")
         if self._clientGone:
+            self._undelivered = None
             response.deliverBody(_Discard())
             return
         request = self._request
@@ -226,6 +230,7 @@ class Exchange:
         request.defaultContentType = None
         if self._dump is not None:
             self._dump.responseStarted(response.code, request.responseHeaders)
+        self._undelivered = None
         response.deliverBody(_RelayBody(self))
 
     def upstreamBodyStarted(self, transport: IPushProducer) -> None:
@@ -287,6 +292,10 @@ class Exchange:
     def _internalError(self, failure: Failure) -> None:
         self._responseDeferred = None
         self._log.failure("Forwarding failed", failure=failure)
+        if self._undelivered is not None:
+            # Close the upstream connection rather than leave it waiting.
+            self._undelivered.deliverBody(_Discard())
+            self._undelivered = None
         if self._clientGone or self._ended:
             return
         request = self._request

@@ -387,7 +387,8 @@ class InternalErrorTests(_Exchange, TestCase):
     def test_failureBeforeHeadersIs502(self) -> None:
         """
         If handling the upstream's answer raises before anything was sent
-        to the client, the client gets a JSON 502 and the error is logged.
+        to the client, the client gets a JSON 502, the error is logged and
+        the upstream connection is closed.
         """
         from responses_proxy import forward
 
@@ -397,10 +398,19 @@ class InternalErrorTests(_Exchange, TestCase):
         self.patch(forward, "mirrorResponseHeaders", broken)
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        raw = yield self.exchange(proxy.port, b"x-fake-scenario: json", timeout=5)
+        raw = yield self.exchange(
+            proxy.port,
+            b"x-fake-scenario: sse",
+            b"x-fake-events: 100",
+            b"x-fake-interval-ms: 50",
+            timeout=5,
+        )
         self.assertUpstreamError(raw, 502, "proxy_error")
         [logged] = self.flushLoggedErrors(RuntimeError)
         self.assertEqual(str(logged.value), "simulated bug")
+        # The unwanted upstream answer is not left streaming.
+        [stream] = upstream.resource.streams
+        yield waitFor(lambda: stream.lostAt is not None, timeout=5)
 
 
 class _CannedUpstream(Protocol):
