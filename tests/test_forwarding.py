@@ -173,6 +173,31 @@ class RequestBodyTests(TestCase):
         self.assertEqual(seen.header(b"expect"), [])
 
     @inlineCallbacks
+    def test_formBodiesNotParsed(self) -> None:
+        """
+        Form-encoded and multipart bodies are opaque bytes: forwarded
+        unchanged, with their Content-Type.
+        """
+        form = b"a=1&b=%20two&a=3"
+        multipart = (
+            b'--XyZ\r\nContent-Disposition: form-data; name="f"\r\n\r\n'
+            b"value\r\n--XyZ--\r\n"
+        )
+        for contentType, body in (
+            (b"application/x-www-form-urlencoded", form),
+            (b"multipart/form-data; boundary=XyZ", multipart),
+        ):
+            response = yield self.postRaw(
+                b"Content-Type: %s\r\nContent-Length: %d\r\n"
+                % (contentType, len(body)),
+                body,
+            )
+            self.assertEqual(response.status, 200)
+            seen = self.upstream.resource.requests[-1]
+            self.assertEqual(seen.body, body)
+            self.assertEqual(seen.header(b"content-type"), [contentType])
+
+    @inlineCallbacks
     def test_emptyBody(self) -> None:
         """
         An empty body is forwarded as an empty body.
