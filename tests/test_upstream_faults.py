@@ -486,3 +486,29 @@ class RawUpstreamTests(_Exchange, TestCase):
         proxy = startProxy(self, f"http://127.0.0.1:{port}/v1/responses")
         raw = yield self.exchange(proxy.port, timeout=5)
         self.assertUpstreamError(raw, 502, "upstream_unavailable")
+
+    @inlineCallbacks
+    def test_statusLineMirrored(self) -> None:
+        """
+        An unusual status and reason phrase reach the client as sent.
+        """
+        port = self.startCanned(
+            b"HTTP/1.1 299 Quite Fine\r\nContent-Length: 2\r\n\r\nok"
+        )
+        proxy = startProxy(self, f"http://127.0.0.1:{port}/v1/responses")
+        raw = yield self.exchange(proxy.port, timeout=5)
+        self.assertTrue(raw.startswith(b"HTTP/1.1 299 Quite Fine\r\n"), raw)
+        self.assertEqual(parseRawResponse(raw).body, b"ok")
+
+    @inlineCallbacks
+    def test_noContent(self) -> None:
+        """
+        A 204 without a body is relayed as a 204 without a body.
+        """
+        port = self.startCanned(b"HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n")
+        proxy = startProxy(self, f"http://127.0.0.1:{port}/v1/responses")
+        raw = yield self.exchange(proxy.port, timeout=5)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 204 "), raw)
+        self.assertIn(b"X-A: b", head)
+        self.assertEqual(body, b"")
