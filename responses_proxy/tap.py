@@ -11,6 +11,7 @@ Hardening runs first, before the key is in memory.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -50,7 +51,14 @@ def fail(message: str) -> SystemExit:
 class ProxyApplicationService(MultiService):
     """
     The top service: turns startup failures into a one-line error and exit 1.
+
+    @ivar reactor: when given and not yet running at C{startService}, SIGTERM
+        and SIGINT are handled from then on (see L{stopCleanlyOnSignals}).
     """
+
+    def __init__(self, reactor: Any = None) -> None:
+        super().__init__()
+        self.reactor = reactor
 
     def privilegedStartService(self) -> None:
         try:
@@ -59,10 +67,31 @@ class ProxyApplicationService(MultiService):
             raise fail(str(e)) from None
 
     def startService(self) -> None:
+        if self.reactor is not None and not self.reactor.running:
+            stopCleanlyOnSignals(self.reactor)
         try:
             super().startService()
         except StartupError as e:
             raise fail(str(e)) from None
+
+
+def stopCleanlyOnSignals(reactor: Any) -> None:
+    """
+    Make SIGTERM and SIGINT a clean stop already before the reactor runs.
+
+    Both twistd and the console script start the services (which write the
+    server-info file) before C{reactor.run()} installs its signal handlers.
+    A client that signals the proxy as soon as the file appears would kill
+    it with the default action: no clean exit, server-info left behind.
+    Until the reactor replaces them, these handlers queue C{reactor.stop}
+    for its first iteration.
+    """
+
+    def stopWhenRunning(number: int, frame: object) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, stopWhenRunning)
+    signal.signal(signal.SIGINT, stopWhenRunning)
 
 
 class _UpstreamPoolService(Service):
@@ -166,7 +195,7 @@ def makeService(
         if config["listen"].startswith("systemd:"):
             message += " (systemd passed no such socket; see LISTEN_FDNAMES)"
         raise fail(message) from None
-    top = ProxyApplicationService()
+    top = ProxyApplicationService(reactor)
     _UpstreamPoolService(upstream).setServiceParent(top)
     ProxyService(
         endpoint, site, config["listen"], config["server-info"]
