@@ -312,6 +312,88 @@ class RoutingPropertyTests(TestCase):
         self.assertTrue(all(r.uri == b"/v1/responses" for r in seen))
 
 
+_BASE_REQUEST = (
+    b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b'Connection: close\r\nContent-Length: 14\r\n\r\n{"input": "x"}'
+)
+_INTERESTING = [b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b"\x00", b"\xff", b"0", b";"]
+
+
+@st.composite
+def _mutatedRequests(draw: st.DrawFn) -> bytes:
+    data = bytearray(_BASE_REQUEST)
+    for _ in range(draw(st.integers(1, 4))):
+        position = draw(st.integers(0, len(data)))
+        action = draw(st.sampled_from(["insert", "delete", "replace"]))
+        piece = draw(
+            st.one_of(st.sampled_from(_INTERESTING), st.binary(min_size=1, max_size=3))
+        )
+        if action == "insert":
+            data[position:position] = piece
+        elif action == "delete":
+            del data[position : position + len(piece)]
+        else:
+            data[position : position + len(piece)] = piece
+    return bytes(data)
+
+
+class MutationFuzzTests(TestCase):
+    """
+    Byte-level mutations of a valid request never confuse the proxy.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_mutatedRequests(self) -> None:
+        """
+        For requests made by inserting, deleting or replacing a few bytes of
+        a valid one: the answer is a 2xx from the upstream or a 4xx from the
+        proxy (or a closed connection), anything forwarded is exactly
+        C{POST /v1/responses} with a body the request framed, nothing is
+        logged as an error, and the proxy keeps answering.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url, "--request-timeout", "0.5")
+        seen = upstream.resource.requests
+        stats = {"forwarded": 0, "refused": 0, "closed": 0}
+
+        @settings(
+            max_examples=250,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        @given(payload=_mutatedRequests())
+        def check(payload: bytes) -> None:
+            before = len(seen)
+            data, _ = blockingExchange(proxy.port, payload, timeout=5)
+            response = parseResponse(data)
+            if response is None:
+                assert data == b"", (payload, data[:200])
+                assert len(seen) == before, payload
+                stats["closed"] += 1
+                return
+            if response.status == 200:
+                assert len(seen) == before + 1, payload
+                forwarded = seen[-1]
+                assert (forwarded.method, forwarded.uri) == (
+                    b"POST",
+                    b"/v1/responses",
+                ), payload
+                assert forwarded.body in payload, (payload, forwarded.body)
+                stats["forwarded"] += 1
+            else:
+                assert 400 <= response.status < 500, (payload, data[:200])
+                assert len(seen) == before, payload
+                stats["refused"] += 1
+
+        yield threads.deferToThread(check)
+        self.assertGreater(stats["refused"], 50, stats)
+        data = yield rawExchange(proxy.port, goodRequest())
+        self.assertEqual(parseResponse(data).status, 200)  # type: ignore[union-attr]
+
+
 # Malformed and smuggling input -----------------------------------------------
 
 _BODY = b'{"model": "m", "input": "hi"}'
