@@ -62,7 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         observer = textFileLogObserver(sys.stderr)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    service = makeService(config, reactor=reactor)
+    try:
+        service = makeService(config, reactor=reactor)
+    except KeyboardInterrupt:
+        # Ctrl-C while the key is typed at a terminal: no traceback.
+        sys.stderr.write("\nresponses-api-proxy: interrupted\n")
+        sys.exit(130)
     service.privilegedStartService()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

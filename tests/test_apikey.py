@@ -434,6 +434,45 @@ class SpawnedKeyTests(TestCase):
         self.assertNotIn(CANARY_KEY.encode()[:12], bytes(output))
 
     @inlineCallbacks
+    def test_interruptWhileTyping(self) -> Any:
+        """
+        Ctrl-C (SIGINT) while the proxy waits for the key at a terminal
+        ends it with status 130 and one line, no traceback.
+        """
+        from twisted.internet import protocol, reactor
+
+        from tests.support import childEnvironment, scriptPath, waitFor
+
+        output = bytearray()
+        ended: Deferred[Any] = Deferred()
+
+        class Terminal(protocol.ProcessProtocol):
+            def childDataReceived(self, fd: int, data: bytes) -> None:
+                output.extend(data)
+
+            def processEnded(self, reason: Any) -> None:
+                ended.callback(reason.value.exitCode)
+
+        executable = scriptPath("responses-api-proxy")
+        transport = reactor.spawnProcess(
+            Terminal(), executable, [executable], env=childEnvironment(), usePTY=True
+        )
+
+        def stop() -> Deferred[Any] | None:
+            if ended.called:
+                return None
+            transport.signalProcess("KILL")
+            return ended
+
+        self.addCleanup(stop)
+        yield waitFor(lambda: b"end it with Ctrl-D" in output)
+        transport.signalProcess("INT")
+        code = yield ended
+        self.assertEqual(code, 130, bytes(output))
+        self.assertNotIn(b"Traceback", output)
+        self.assertIn(b"responses-api-proxy: interrupted", output)
+
+    @inlineCallbacks
     def test_keyLockedInRunningProxy(self) -> Any:
         """
         A running proxy has locked memory (VmLck > 0) for the key buffer.
