@@ -196,7 +196,10 @@ class DumpTests(TestCase):
         response = self.load(self.files()[1])
         self.assertEqual(response["status"], 200)
         self.assertEqual(response["outcome"], "upstream_aborted")
-        self.assertEqual(response["body"].count("\n\n"), 2)
+        # The upstream aborts right after its second event: an event still
+        # in its socket buffer may be lost with the reset, never a third.
+        self.assertIn(response["body"].count("\n\n"), (1, 2))
+        self.assertEqual(response["body_bytes"], len(response["body"].encode()))
 
     @inlineCallbacks
     def test_clientGoneDumped(self) -> None:

