@@ -84,7 +84,7 @@ def spawnProxy(
     key: bytes = CANARY_KEY.encode() + b"\n",
     env: dict[str, str] | None = None,
     serverInfoPath: str | None = None,
-    timeout: float = 10.0,
+    timeout: float = 30.0,
     wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> Any:
     """
