@@ -230,14 +230,20 @@ class ShutdownRoutingTests(TestCase):
     @inlineCallbacks
     def test_shutdownVariantsForbidden(self) -> None:
         """
-        Other methods, a query string or a trailing slash on C{/shutdown}
-        are refused, and the proxy keeps serving.
+        Other methods (lowercase C{get} and HEAD included), a query string,
+        slash, case, percent-encoded or absolute-form variants of
+        C{/shutdown} are refused, and the proxy keeps serving.
         """
         for line in (
             b"POST /shutdown HTTP/1.1",
             b"GET /shutdown? HTTP/1.1",
             b"GET /shutdown/ HTTP/1.1",
             b"GET /Shutdown HTTP/1.1",
+            b"get /shutdown HTTP/1.1",
+            b"GET /shut%64own HTTP/1.1",
+            b"GET //shutdown HTTP/1.1",
+            b"GET http://127.0.0.1/shutdown HTTP/1.1",
+            b"HEAD /shutdown HTTP/1.1",
         ):
             raw = yield rawExchange(
                 self.proxy.port,
