@@ -19,6 +19,7 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
 from responses_proxy.apikey import AuthHeader, InvalidKey, readAuthHeader
@@ -88,7 +89,7 @@ def stopCleanlyOnSignals(reactor: Any) -> None:
     """
 
     def stopWhenRunning(number: int, frame: object) -> None:
-        reactor.callFromThread(reactor.stop)
+        reactor.callFromThread(stopOnce, reactor)
 
     signal.signal(signal.SIGTERM, stopWhenRunning)
     signal.signal(signal.SIGINT, stopWhenRunning)
@@ -180,7 +181,7 @@ def makeService(
     if config["http-shutdown"]:
 
         def shutdown() -> None:
-            reactor.callLater(0, reactor.stop)
+            reactor.callLater(0, stopOnce, reactor)
 
     site = ProxySite(
         buildRoot(forwarder, shutdown),
@@ -203,6 +204,18 @@ def makeService(
     reactor.addSystemEventTrigger("after", "shutdown", authorization.wipe)
     reactor.addSystemEventTrigger("after", "shutdown", forgetExitSignal, reactor)
     return top
+
+
+def stopOnce(reactor: Any) -> None:
+    """
+    Stop the reactor unless it is already stopping: several C{GET /shutdown}
+    requests at once (or one racing SIGTERM) must not log
+    C{ReactorNotRunning} tracebacks.
+    """
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
 
 
 def forgetExitSignal(reactor: Any) -> None:

@@ -85,6 +85,27 @@ class _LifecycleTests:
         self.assertFalse(listening(proxy.port))
 
     @inlineCallbacks
+    def test_concurrentShutdowns(self: Any) -> Any:
+        """
+        Several C{GET /shutdown} at once all get their 200, and the proxy
+        exits 0 without logging a traceback.
+        """
+        proxy = yield spawnProxy(self, "--http-shutdown", entry=self.entry)
+        connections = []
+        for _ in range(3):
+            connection = socket.create_connection(("127.0.0.1", proxy.port))
+            self.addCleanup(connection.close)
+            connections.append(connection)
+        for connection in connections:
+            connection.sendall(b"GET /shutdown HTTP/1.1\r\nHost: x\r\n\r\n")
+        result = yield endWithin(proxy.process, 10)
+        for connection in connections:
+            connection.settimeout(5)
+            self.assertTrue(connection.recv(100).startswith(b"HTTP/1.1 200 "))
+        self.assertEqual(result.exitCode, 0)
+        self.assertNotIn(b"Traceback", result.stdout + result.stderr)
+
+    @inlineCallbacks
     def test_shutdownNeedsExactRequest(self: Any) -> Any:
         """
         Even with C{--http-shutdown}, a query string, another method or a
