@@ -31,9 +31,11 @@ from tests.support import (
     CANARY_KEY,
     _Capture,
     childEnvironment,
+    makeTestPKI,
     rawExchange,
     readServerInfo,
     scriptPath,
+    serverContext,
     startFakeUpstream,
     waitFor,
 )
@@ -250,57 +252,172 @@ class UnitFileTests(TestCase):
         self.assertIn(("Socket", "FileDescriptorName", FD_NAME), settings)
         self.assertIn(("Socket", "ListenStream", "127.0.0.1:8080"), settings)
 
-    @inlineCallbacks
     def test_execStartAsSystemdRunsIt(self) -> None:
         """
         The standalone unit's own C{ExecStart=} (port 0 instead of 8080),
         run with the directories systemd would provide, reads the key from
-        the credential file, writes server-info into the runtime directory
-        and reports ready.
+        the credential file, writes server-info into the runtime directory,
+        reports ready, forwards over TLS, and stops on SIGTERM.
         """
-        upstream = startFakeUpstream(self)
-        credentials, runtime = self.mktemp(), self.mktemp()
-        os.makedirs(credentials)
-        os.makedirs(runtime)
-        with open(os.path.join(credentials, "openai-api-key"), "w") as f:
-            f.write(CANARY_KEY + "\n")
-        argv = [
-            "0" if word == "8080" else word
-            for word in execStartArgv(readUnit(SERVICES[0]))
+        return runExecStart(self, [])
+
+
+@inlineCallbacks
+def runExecStart(testCase: TestCase, prefix: list[str]) -> Any:
+    """
+    Run the standalone unit's C{ExecStart=} behind C{prefix} as systemd
+    would, against an HTTPS fake upstream, and check the whole life cycle.
+    """
+    pki = makeTestPKI(testCase.mktemp())
+    upstream = startFakeUpstream(
+        testCase, tls=serverContext(pki.serverCert, pki.serverKey)
+    )
+    credentials, runtime = testCase.mktemp(), testCase.mktemp()
+    os.makedirs(credentials)
+    os.makedirs(runtime)
+    with open(os.path.join(credentials, "openai-api-key"), "w") as f:
+        f.write(CANARY_KEY + "\n")
+    argv = [
+        "0" if word == "8080" else word for word in execStartArgv(readUnit(SERVICES[0]))
+    ]
+    testCase.assertEqual(argv[:2], ["/bin/sh", "-c"])
+    # The unit's command line, plus the test upstream.
+    argv[-1] = argv[-1].replace(
+        "responses-api-proxy --port",
+        f"responses-api-proxy --upstream-url {upstream.url} --port",
+    )
+    argv = [*prefix, *argv]
+    serverInfo = os.path.join(runtime, "server-info.json")
+    notify = listenNotify(testCase, lambda: readServerInfo(serverInfo))
+    env = childEnvironment(
+        NOTIFY_SOCKET=notify.path,
+        CREDENTIALS_DIRECTORY=credentials,
+        RUNTIME_DIRECTORY=runtime,
+        CODEX_SECURE_MODE="1",
+        SSL_CERT_FILE=pki.caCert,
+    )
+    capture = _Capture(None)
+    transport = reactor.spawnProcess(capture, argv[0], argv, env=env)
+    testCase.addCleanup(lambda: capture.ended.called or transport.signalProcess("KILL"))
+    yield waitFor(lambda: notify.readyState or capture.ended.called, timeout=30)
+    testCase.assertTrue(notify.readyState, capture.err.decode())
+    reply = yield rawExchange(
+        notify.readyState["port"],
+        b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Connection: close\r\n\r\n{}",
+    )
+    testCase.assertTrue(reply.startswith(b"HTTP/1.1 200 "), reply[:200])
+    [seen] = upstream.resource.requests
+    testCase.assertEqual(
+        seen.header(b"authorization"), [f"Bearer {CANARY_KEY}".encode()]
+    )
+    transport.signalProcess("TERM")
+    result = yield capture.ended
+    testCase.assertEqual(result.exitCode, 0, result.stderr.decode())
+    testCase.assertTrue(notify.seen("STOPPING=1"))
+    testCase.assertIsNone(readServerInfo(serverInfo))
+    return result
+
+
+# Without systemd as PID 1 the units cannot run for real here, so this
+# applies the parts of their sandbox a process can apply to itself, then
+# execs the unit's command: no capabilities (setpriv, before this runs),
+# no_new_privs, LimitMEMLOCK/LimitCORE, and seccomp filters equal to
+# SystemCallFilter=@system-service ~@privileged (EPERM otherwise) and
+# RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX. Needs libseccomp's
+# Python binding (Debian: python3-seccomp) in the system Python.
+SANDBOX = """
+import os, resource, socket, subprocess, sys
+import seccomp
+
+def groups():
+    out = subprocess.run(
+        ["systemd-analyze", "syscall-filter", "--no-pager"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    sets, current = {}, None
+    for line in out.splitlines():
+        word = line.strip()
+        if line.startswith("@"):
+            current = sets.setdefault(word, [])
+        elif current is not None and word and not word.startswith("#"):
+            current.append(word)
+    return sets
+
+def expand(name, sets):
+    names = set()
+    for item in sets[name]:
+        names |= expand(item, sets) if item.startswith("@") else {item}
+    return names
+
+sets = groups()
+allowed = expand("@system-service", sets) - expand("@privileged", sets)
+resource.setrlimit(resource.RLIMIT_MEMLOCK, (8 << 20, 8 << 20))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+rules = seccomp.SyscallFilter(defaction=seccomp.ERRNO(1))
+for name in sorted(allowed - {"socket"}):
+    try:
+        rules.add_rule(seccomp.ALLOW, name)
+    except (RuntimeError, ValueError, OSError):
+        pass  # not a system call on this architecture
+for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+    rules.add_rule(seccomp.ALLOW, "socket", seccomp.Arg(0, seccomp.EQ, family))
+rules.load()  # also sets no_new_privs
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+class SandboxTests(TestCase):
+    """
+    The unit's command under (an approximation of) the unit's sandbox.
+    """
+
+    @inlineCallbacks
+    def test_execStartUnderSandbox(self) -> None:
+        """
+        The sandbox leaves the proxy everything it needs: start, key, mlock
+        (C{CODEX_SECURE_MODE=1} makes a failure fatal), TLS upstream,
+        notify socket, clean stop. Checks that the filter is really on, too.
+        """
+        setpriv = shutil.which("setpriv")
+        if os.getuid() != 0 or setpriv is None or not shutil.which("systemd-analyze"):
+            raise SkipTest("needs root, setpriv and systemd-analyze")
+        probe = yield getProcessOutputAndValue(
+            "/usr/bin/python3", ["-c", "import seccomp"], env=childEnvironment()
+        )
+        if probe[2] != 0:
+            raise SkipTest("needs libseccomp for the system Python (python3-seccomp)")
+        script = os.path.abspath(self.mktemp())
+        with open(script, "w") as f:
+            f.write(SANDBOX)
+        prefix = [
+            setpriv,
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+            "/usr/bin/python3",
+            script,
         ]
-        # The unit's command line, plus the test upstream.
-        argv[-1] = argv[-1].replace(
-            "responses-api-proxy --port",
-            f"responses-api-proxy --upstream-url {upstream.url} --port",
+        out, err, code = yield getProcessOutputAndValue(
+            prefix[0],
+            [
+                *prefix[1:],
+                sys.executable,
+                "-c",
+                "import os, socket\n"
+                "status = open('/proc/self/status').read()\n"
+                "assert 'CapEff:\\t0000000000000000' in status, status\n"
+                "assert 'NoNewPrivs:\\t1' in status, status\n"
+                "try:\n"
+                "    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW)\n"
+                "    raise SystemExit('AF_NETLINK allowed')\n"
+                "except PermissionError:\n"
+                "    pass\n",
+            ],
+            env=childEnvironment(),
         )
-        self.assertEqual(argv[:2], ["/bin/sh", "-c"])
-        serverInfo = os.path.join(runtime, "server-info.json")
-        notify = listenNotify(self, lambda: readServerInfo(serverInfo))
-        env = childEnvironment(
-            NOTIFY_SOCKET=notify.path,
-            CREDENTIALS_DIRECTORY=credentials,
-            RUNTIME_DIRECTORY=runtime,
-            CODEX_SECURE_MODE="1",
-        )
-        capture = _Capture(None)
-        transport = reactor.spawnProcess(capture, argv[0], argv, env=env)
-        self.addCleanup(lambda: capture.ended.called or transport.signalProcess("KILL"))
-        yield waitFor(lambda: notify.readyState or capture.ended.called, timeout=30)
-        self.assertTrue(notify.readyState, capture.err.decode())
-        reply = yield rawExchange(
-            notify.readyState["port"],
-            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-            b"Connection: close\r\n\r\n{}",
-        )
-        self.assertTrue(reply.startswith(b"HTTP/1.1 200 "), reply[:200])
-        [seen] = upstream.resource.requests
-        self.assertEqual(
-            seen.header(b"authorization"), [f"Bearer {CANARY_KEY}".encode()]
-        )
-        transport.signalProcess("TERM")
-        result = yield capture.ended
-        self.assertEqual(result.exitCode, 0, result.stderr.decode())
-        self.assertTrue(notify.seen("STOPPING=1"))
+        self.assertEqual(code, 0, err.decode())
+        yield runExecStart(self, prefix)
 
 
 class SocketActivationTests(TestCase):
