@@ -158,13 +158,14 @@ def proxyFromEnvironment(
     noProxy = _firstSet(environ, "NO_PROXY", "no_proxy")
     if noProxy is not None and bypassesProxy(host, noProxy[1]):
         return None
-    names = ("HTTPS_PROXY", "https_proxy") if scheme == "https" else ("HTTP_PROXY",)
-    if scheme == "http" and "REQUEST_METHOD" not in environ:
-        # Lower-case http_proxy only: in a CGI environment HTTP_PROXY is a
-        # request header ("httpoxy"), so curl ignores it there, and so do we.
-        names = ("HTTP_PROXY", "http_proxy")
-    elif scheme == "http":
+    if scheme == "https":
+        names: tuple[str, ...] = ("HTTPS_PROXY", "https_proxy")
+    elif "REQUEST_METHOD" in environ:
+        # In a CGI environment HTTP_PROXY can come from a request header
+        # ("httpoxy"), so curl ignores it there, and so do we.
         names = ("http_proxy",)
+    else:
+        names = ("HTTP_PROXY", "http_proxy")
     found = _firstSet(environ, *names, "ALL_PROXY", "all_proxy")
     if found is None:
         return None
