@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import protocol, reactor
 from twisted.internet.defer import (
     Deferred,
     DeferredSemaphore,
@@ -31,7 +31,9 @@ from tests.support import (
     CANARY_KEY,
     ProcessResult,
     SpawnedProcess,
+    childEnvironment,
     readServerInfo,
+    scriptPath,
     spawnEntryPoint,
     waitFor,
 )
@@ -155,6 +157,64 @@ def inParallel(
     return gatherResults([semaphore.run(call) for call in calls], consumeErrors=True)
 
 
+@dataclass
+class TerminalProcess:
+    """
+    A process whose stdin, stdout and stderr are one pseudo-terminal.
+
+    @ivar output: everything it wrote so far (both streams, as a terminal
+        shows them).
+    @ivar ended: fires with its exit status (None if killed by a signal).
+    """
+
+    transport: Any
+    output: bytearray
+    ended: Deferred[int | None]
+
+    def type(self, data: bytes) -> None:
+        """
+        Type C{data} at the terminal (C{\\x04} is Ctrl-D at a line start).
+        """
+        self.transport.write(data)
+
+
+class _Terminal(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = bytearray()
+        self.ended: Deferred[int | None] = Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.output.extend(data)
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(getattr(reason.value, "exitCode", None))
+
+
+def spawnOnTerminal(testCase: TestCase, argv: list[str]) -> TerminalProcess:
+    """
+    Spawn C{argv} (first element resolved like L{spawnEntryPoint} does) on
+    a pseudo-terminal; killed at cleanup if still running.
+    """
+    executable = argv[0] if os.path.isabs(argv[0]) else scriptPath(argv[0])
+    terminal = _Terminal()
+    transport = reactor.spawnProcess(
+        terminal,
+        executable,
+        [executable, *argv[1:]],
+        env=childEnvironment(),
+        usePTY=True,
+    )
+
+    def cleanup() -> Deferred[int | None] | None:
+        if terminal.ended.called:
+            return None
+        transport.signalProcess("KILL")
+        return terminal.ended
+
+    testCase.addCleanup(cleanup)
+    return TerminalProcess(transport, terminal.output, terminal.ended)
+
+
 _RESTRICT = """
 import ctypes, json, os, resource, sys
 settings = json.loads(sys.argv[1])
@@ -188,8 +248,6 @@ def restrictedArgv(
     Exit status 97 means the capability could not be dropped.
     """
     import json
-
-    from tests.support import scriptPath
 
     executable = argv[0] if os.path.isabs(argv[0]) else scriptPath(argv[0])
     settings = {"gid": gid, "memlock": memlock, "dropIpcLock": dropIpcLock}

@@ -12,7 +12,7 @@ import select
 import tempfile
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -24,9 +24,17 @@ from tests.processes import (
     inParallel,
     procStatus,
     restrictedArgv,
+    spawnOnTerminal,
     spawnProxy,
 )
-from tests.support import CANARY_KEY, readServerInfo, spawnEntryPoint
+from tests.support import (
+    CANARY_KEY,
+    childEnvironment,
+    readServerInfo,
+    scriptPath,
+    spawnEntryPoint,
+    waitFor,
+)
 
 
 def pipeWith(data: bytes) -> int:
@@ -326,8 +334,6 @@ class SpawnedKeyTests(TestCase):
         info = os.path.join(self.mktemp(), "info.json")
         argv = [*ENTRY_POINTS[entry], "--server-info", info]
         if shell:
-            from tests.support import scriptPath
-
             command = " ".join(
                 [scriptPath(argv[0]) if not os.path.isabs(argv[0]) else argv[0]]
                 + [f"'{a}'" for a in argv[1:]]
@@ -395,43 +401,14 @@ class SpawnedKeyTests(TestCase):
         (and how to end it), reads what is typed up to Ctrl-D without
         echoing it, then serves.
         """
-        from twisted.internet import protocol, reactor
-
-        from tests.support import childEnvironment, scriptPath, waitFor
-
         info = os.path.join(os.path.abspath(self.mktemp()), "info.json")
-        output = bytearray()
-        ended: Deferred[None] = Deferred()
-
-        class Terminal(protocol.ProcessProtocol):
-            def childDataReceived(self, fd: int, data: bytes) -> None:
-                output.extend(data)
-
-            def processEnded(self, reason: Any) -> None:
-                ended.callback(None)
-
-        executable = scriptPath("responses-api-proxy")
-        transport = reactor.spawnProcess(
-            Terminal(),
-            executable,
-            [executable, "--server-info", info],
-            env=childEnvironment(),
-            usePTY=True,
-        )
-
-        def stop() -> Deferred[None] | None:
-            if ended.called:
-                return None
-            transport.signalProcess("KILL")
-            return ended
-
-        self.addCleanup(stop)
-        yield waitFor(lambda: b"end it with Ctrl-D" in output)
+        terminal = spawnOnTerminal(self, ["responses-api-proxy", "--server-info", info])
+        yield waitFor(lambda: b"end it with Ctrl-D" in terminal.output)
         self.assertIsNone(readServerInfo(info))
-        transport.write(CANARY_KEY.encode() + b"\n\x04")
-        yield waitFor(lambda: readServerInfo(info) or ended.called)
-        self.assertIsNotNone(readServerInfo(info), bytes(output))
-        self.assertNotIn(CANARY_KEY.encode()[:12], bytes(output))
+        terminal.type(CANARY_KEY.encode() + b"\n\x04")
+        yield waitFor(lambda: readServerInfo(info) or terminal.ended.called)
+        self.assertIsNotNone(readServerInfo(info), bytes(terminal.output))
+        self.assertNotIn(CANARY_KEY.encode()[:12], bytes(terminal.output))
 
     @inlineCallbacks
     def test_interruptWhileTyping(self) -> Any:
@@ -439,38 +416,13 @@ class SpawnedKeyTests(TestCase):
         Ctrl-C (SIGINT) while the proxy waits for the key at a terminal
         ends it with status 130 and one line, no traceback.
         """
-        from twisted.internet import protocol, reactor
-
-        from tests.support import childEnvironment, scriptPath, waitFor
-
-        output = bytearray()
-        ended: Deferred[Any] = Deferred()
-
-        class Terminal(protocol.ProcessProtocol):
-            def childDataReceived(self, fd: int, data: bytes) -> None:
-                output.extend(data)
-
-            def processEnded(self, reason: Any) -> None:
-                ended.callback(reason.value.exitCode)
-
-        executable = scriptPath("responses-api-proxy")
-        transport = reactor.spawnProcess(
-            Terminal(), executable, [executable], env=childEnvironment(), usePTY=True
-        )
-
-        def stop() -> Deferred[Any] | None:
-            if ended.called:
-                return None
-            transport.signalProcess("KILL")
-            return ended
-
-        self.addCleanup(stop)
-        yield waitFor(lambda: b"end it with Ctrl-D" in output)
-        transport.signalProcess("INT")
-        code = yield ended
-        self.assertEqual(code, 130, bytes(output))
-        self.assertNotIn(b"Traceback", output)
-        self.assertIn(b"responses-api-proxy: interrupted", output)
+        terminal = spawnOnTerminal(self, ["responses-api-proxy"])
+        yield waitFor(lambda: b"end it with Ctrl-D" in terminal.output)
+        terminal.transport.signalProcess("INT")
+        code = yield terminal.ended
+        self.assertEqual(code, 130, bytes(terminal.output))
+        self.assertNotIn(b"Traceback", terminal.output)
+        self.assertIn(b"responses-api-proxy: interrupted", terminal.output)
 
     @inlineCallbacks
     def test_keyLockedInRunningProxy(self) -> Any:
@@ -502,8 +454,6 @@ class SpawnedKeyTests(TestCase):
         With CODEX_SECURE_MODE=1 a refused C{mlock} is fatal: exit 1, one
         line, nothing listening.
         """
-        from tests.support import childEnvironment
-
         info = os.path.join(self.mktemp(), "info.json")
         argv = restrictedArgv(
             [*ENTRY_POINTS["console script"], "--server-info", info],

@@ -28,6 +28,7 @@ from tests.support import (
     childEnvironment,
     readServerInfo,
     spawnEntryPoint,
+    waitFor,
 )
 
 
@@ -323,8 +324,6 @@ class SpawnedHardeningTests(TestCase):
             stdin=CANARY_KEY.encode(),
             env=childEnvironment(CODEX_SECURE_MODE="0"),
         )
-        from tests.support import waitFor
-
         yield waitFor(lambda: readServerInfo(info) or process.ended.called)
         self.assertIsNotNone(readServerInfo(info), process.capture.err)
         process.signal("TERM")
