@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import stat
 import termios
 import weakref
@@ -158,7 +159,12 @@ def _readAll(fd: int, buffer: bytearray) -> int:
     filled = 0
     try:
         while filled < len(buffer):
-            count = os.readv(fd, [view[filled:]])
+            try:
+                count = os.readv(fd, [view[filled:]])
+            except BlockingIOError:
+                # An inherited non-blocking descriptor: wait until readable.
+                select.select([fd], [], [])
+                continue
             if not count:
                 break
             filled += count

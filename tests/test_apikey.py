@@ -157,6 +157,33 @@ class ReadAuthHeaderTests(SynchronousTestCase):
         error = self.assertRaises(InvalidKey, apikey.readAuthHeader, poller.fileno())
         self.assertIn("standard input is closed", str(error))
 
+    def test_nonBlockingDescriptor(self) -> None:
+        """
+        An inherited non-blocking stdin that is not readable yet (EAGAIN) is
+        waited on, not reported as "Resource temporarily unavailable".
+        """
+        readFD, writeFD = os.pipe()
+        self.addCleanup(os.close, readFD)
+        os.set_blocking(readFD, False)
+        realReadv = os.readv
+        calls: list[int] = []
+
+        def readv(fd: int, buffers: Any) -> int:
+            calls.append(fd)
+            if len(calls) == 1:
+                # Nothing written yet: what the kernel answers is EAGAIN.
+                self.assertRaises(BlockingIOError, realReadv, fd, buffers)
+                os.write(writeFD, b"sk-later\n")
+                os.close(writeFD)
+                raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+            return realReadv(fd, buffers)
+
+        self.patch(os, "readv", readv)
+        header = apikey.readAuthHeader(readFD)
+        self.addCleanup(header.wipe)
+        self.assertEqual(header.value, b"Bearer sk-later")
+        self.assertGreater(len(calls), 1)
+
     def test_regularFileAndDevNull(self) -> None:
         """
         A regular file holding the key works; /dev/null is an empty key.
