@@ -125,6 +125,7 @@ class _CanaryTests:
     """
 
     entry: str
+    extraArgs: tuple[str, ...] = ()
 
     def assertNoLeak(self: Any, where: str, data: bytes) -> None:
         for form in leakForms(CANARY_KEY):
@@ -149,6 +150,7 @@ class _CanaryTests:
             dumps,
             "--max-request-body",
             "4096",
+            *self.extraArgs,
             entry=self.entry,
         )
         refusing = yield spawnProxy(
@@ -220,6 +222,16 @@ class ConsoleScriptCanaryTests(_CanaryTests, TestCase):
     """
 
     entry = "console script"
+
+
+class JSONLogCanaryTests(_CanaryTests, TestCase):
+    """
+    The canary through the console script logging JSON, which serialises
+    whole log events (more fields than the text format shows).
+    """
+
+    entry = "console script"
+    extraArgs = ("--log-format", "json")
 
 
 class TwistdCanaryTests(_CanaryTests, TestCase):
