@@ -22,6 +22,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
+from responses_proxy.activation import adoptingSocketFiles
 from responses_proxy.apikey import AuthHeader, InvalidKey, readAuthHeader
 from responses_proxy.dumps import DumpWriter
 from responses_proxy.forward import Forwarder
@@ -190,7 +191,9 @@ def makeService(
         requestTimeout=config["request-timeout"],
     )
     try:
-        endpoint = serverFromString(reactor, config["listen"])
+        endpoint = adoptingSocketFiles(
+            reactor, serverFromString(reactor, config["listen"])
+        )
     except (ValueError, KeyError, IndexError, TypeError) as e:
         message = f"invalid --listen endpoint {config['listen']!r}: {e}"
         if config["listen"].startswith("systemd:"):

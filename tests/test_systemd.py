@@ -579,6 +579,27 @@ class SocketActivationTests(TestCase):
             self.assertIn(b"systemd passed no such socket", result.stderr)
         self.assertEqual(notify.messages, [])
 
+    def test_inheritedSocketOutlivesProxy(self) -> None:
+        """
+        After the proxy stops, the inherited TCP socket still accepts
+        connections (they queue for the next start): the proxy closed its
+        copy without shutting the socket down.
+        """
+        listening = self.inetSocket()
+        port = listening.getsockname()[1]
+        d = self.checkLifecycle(
+            f"systemd:domain=INET:name={FD_NAME}",
+            socket.AF_INET,
+            ("127.0.0.1", port),
+            listening,
+            port,
+            f"127.0.0.1:{port}",
+        )
+        d.addCallback(
+            lambda _: self.assertTrue(connects(socket.AF_INET, ("127.0.0.1", port)))
+        )
+        return d
+
     def test_inheritedByIndex(self) -> None:
         """
         C{index=0} finds the same descriptor as the name.
@@ -597,13 +618,17 @@ class SocketActivationTests(TestCase):
     def test_inheritedUnixSocket(self) -> None:
         """
         An inherited C{AF_UNIX} socket works too; server-info has no port.
+        The socket file belongs to systemd: its mode is left as the socket
+        unit set it (C{SocketMode=}), and it is still there, still
+        accepting, after the proxy stopped.
         """
         path = shortPath(self, "proxy.sock")
         listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.addCleanup(listening.close)
         listening.bind(path)
+        os.chmod(path, 0o600)
         listening.listen(16)
-        return self.checkLifecycle(
+        d = self.checkLifecycle(
             f"systemd:domain=UNIX:name={FD_NAME}",
             socket.AF_UNIX,
             path,
@@ -611,6 +636,12 @@ class SocketActivationTests(TestCase):
             None,
             path,
         )
+
+        def stillThere(_: object) -> None:
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+            self.assertTrue(connects(socket.AF_UNIX, path))
+
+        return d.addCallback(stillThere)
 
     def test_unixEndpoint(self) -> None:
         """
