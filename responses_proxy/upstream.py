@@ -28,6 +28,7 @@ from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
+from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
@@ -122,6 +123,17 @@ class _QuietClientFactory(_HTTP11ClientFactory):
 
 class _QuietPool(HTTPConnectionPool):
     _factory = _QuietClientFactory
+
+    def _putConnection(self, key: object, connection: HTTP11ClientProtocol) -> None:
+        # A connection already told to close (its client left mid-answer) can
+        # still finish reading its response, and Twisted then pools it; the
+        # next request would be written into a closing socket and get a 502.
+        transport = connection.transport
+        if transport is None or getattr(transport, "disconnecting", False):
+            if transport is not None:
+                transport.abortConnection()
+            return
+        super()._putConnection(key, connection)
 
 
 @dataclass
