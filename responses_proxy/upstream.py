@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_forwarding -*-
+# -*- test-case-name: tests.test_upstream_tls,tests.test_egress -*-
 """
 Where requests go: the upstream URL and the HTTP client that reaches it.
 
