@@ -286,9 +286,11 @@ class TunnelEndpoint:
         endpoint = HostnameEndpoint(
             self.reactor, self.proxy.host, self.proxy.port, timeout=self.timeout
         )
-        connecting = endpoint.connect(
-            Factory.forProtocol(lambda: _TunnelProtocol(self, protocolFactory))
+        tunnelFactory = Factory.forProtocol(
+            lambda: _TunnelProtocol(self, protocolFactory)
         )
+        tunnelFactory.noisy = False  # no "Starting factory" line per tunnel
+        connecting = endpoint.connect(tunnelFactory)
 
         def unreachable(failure: Failure) -> Failure:
             if failure.check(TimeoutError, EgressProxyError, CancelledError):
