@@ -10,17 +10,18 @@ while they are still being read.
     a client that never finishes cannot hold a connection; once the request
     is complete the clock stops, and a slow upstream never trips it.
   - The request head is parsed strictly, as a proxy must (RFC 9112): bare
-    LF or CR line endings and obs-folded header lines are a 400 at once
-    (a different parser downstream could split them differently), and
-    heads over C{MAX_HEADER_BYTES} or C{MAX_HEADERS} are a 431. All of the
-    proxy's refusals while reading are complete JSON errors that close the
-    connection.
+    LF or CR line endings, obs-folded header lines and control characters
+    in header values are a 400 at once (a different parser downstream could
+    read them differently), and heads over C{MAX_HEADER_BYTES} or
+    C{MAX_HEADERS} are a 431. All of the proxy's refusals while reading are
+    complete JSON errors that close the connection.
   - Form bodies are never parsed (C{parsePOSTFormSubmission=False}): the
     body is opaque bytes for the upstream.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -28,6 +29,8 @@ from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from responses_proxy.errors import rawErrorResponse
+
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 DEFAULT_MAX_REQUEST_BODY = 64 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 60.0
@@ -158,6 +161,11 @@ class ProxyChannel(http.HTTPChannel):
     def headerReceived(self, line: bytes) -> bool:
         if self._receivedHeaderCount >= self.maxHeaders:
             self._headTooLarge()
+            return False
+        if _CONTROL.search(line.partition(b":")[2]):
+            # RFC 9110 5.5; twisted.web refuses only NUL, CR and LF, and the
+            # rest would otherwise be forwarded to the upstream verbatim.
+            self._badRequest("control character in a header value")
             return False
         return bool(super().headerReceived(line))
 

@@ -551,6 +551,21 @@ MALFORMED: list[tuple[str, bytes]] = [
         % (len(_BODY), _BODY),
     ),
     (
+        "control character in header value",
+        b"POST /v1/responses HTTP/1.1\r\nX-A: a\x01b\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(_BODY), _BODY),
+    ),
+    (
+        "escape sequence in header value",
+        b"POST /v1/responses HTTP/1.1\r\nX-A: \x1b[31mred\r\nContent-Length: %d"
+        b"\r\n\r\n%s" % (len(_BODY), _BODY),
+    ),
+    (
+        "DEL in header value",
+        b"POST /v1/responses HTTP/1.1\r\nX-A: a\x7fb\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(_BODY), _BODY),
+    ),
+    (
         "non-ASCII in header name",
         b"POST /v1/responses HTTP/1.1\r\nX-\xc3\xa9: a\r\nContent-Length: %d\r\n\r\n%s"
         % (len(_BODY), _BODY),
@@ -695,6 +710,23 @@ class MalformedInputTests(TestCase):
             self.assertEqual(good.status, 200, name)
             self.assertEqual([r.body for r in seen], [_BODY], name)
             del seen[:]
+
+    @inlineCallbacks
+    def test_tabAndObsTextValuesForwarded(self) -> None:
+        """
+        Header values may hold horizontal tabs and obs-text bytes (RFC 9110
+        5.5): those are forwarded unchanged.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url)
+        data = yield rawExchange(
+            proxy.port,
+            b"POST /v1/responses HTTP/1.1\r\nConnection: close\r\n"
+            b"X-A: a\tb \xe9\xff\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        self.assertEqual(parseResponse(data).status, 200)  # type: ignore[union-attr]
+        [seen] = upstream.resource.requests
+        self.assertEqual(seen.header(b"x-a"), [b"a\tb \xe9\xff"])
 
     @inlineCallbacks
     def test_errorsAreJSON(self) -> None:
