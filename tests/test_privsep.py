@@ -462,8 +462,13 @@ class PrivilegeSeparationTests(_Base):
         """
         cwd = privateDirectory(self)
         soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
-        resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+        unlimited = resource.RLIM_INFINITY
+        try:
+            resource.setrlimit(resource.RLIMIT_CORE, (unlimited, unlimited))
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
         self.addCleanup(resource.setrlimit, resource.RLIMIT_CORE, (soft, hard))
+        raised = resource.getrlimit(resource.RLIMIT_CORE)[0] != 0
         with open("/proc/sys/kernel/core_pattern") as f:
             pattern = f.read().strip()
         control = spawnEntryPoint(
@@ -481,7 +486,10 @@ class PrivilegeSeparationTests(_Base):
         result = yield process.ended
         self.assertEqual(result.signal, signal.SIGSEGV)
         self.assertEqual(glob.glob(os.path.join(cwd, "core*")), [])
-        if not controlDumped and pattern.startswith("core"):
+        # Only a plain file name pattern writes cores into the cwd; then the
+        # control must have dumped, or this test could not see a core.
+        plainName = not pattern.startswith("|") and "/" not in pattern
+        if raised and plainName and not controlDumped:
             self.fail(f"control process did not dump core with pattern {pattern!r}")
 
 
