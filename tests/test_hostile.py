@@ -10,6 +10,7 @@ L{goodRequest}) are shared with the other adversarial test modules.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.support import rawExchange, startFakeUpstream, startProxy
+from tests.support import rawExchange, startFakeUpstream, startProxy, waitFor
 
 # Raw HTTP helpers ------------------------------------------------------------
 
@@ -134,6 +135,13 @@ def blockingExchange(
         except ConnectionResetError:
             reset = True
     return bytes(received), reset
+
+
+def openFDs() -> int:
+    """
+    How many file descriptors this (test) process has open.
+    """
+    return len(os.listdir("/proc/self/fd"))
 
 
 def goodRequest(
@@ -641,6 +649,11 @@ class MalformedInputTests(TestCase):
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url, "--request-timeout", "1")
         seen = upstream.resource.requests
+        # A first exchange opens what stays open (the pooled upstream
+        # connection, the reactor's lazily made pipes): count after it.
+        yield rawExchange(proxy.port, goodRequest())
+        del seen[:]
+        before = openFDs()
         for name, payload in MALFORMED:
             started = reactor.seconds()
             data = yield rawExchange(proxy.port, payload, timeout=5)
@@ -657,6 +670,8 @@ class MalformedInputTests(TestCase):
             self.assertEqual((good.status, good.complete), (200, True), name)
             self.assertEqual([r.body for r in seen], [_BODY], name)
             del seen[:]
+        # Every refused connection was closed on the proxy's side too.
+        yield waitFor(lambda: openFDs() <= before, timeout=5)
 
     @inlineCallbacks
     def test_malformedRefusedPromptly(self) -> None:
