@@ -148,7 +148,8 @@ class ProxyOptions(usage.Options):
             None,
             DEFAULT_REQUEST_TIMEOUT,
             "Seconds a client has to send a complete request (also the "
-            "keep-alive idle limit). Never applies while waiting for the upstream.",
+            "keep-alive idle limit, and how long it may leave an answer "
+            "unread). Never applies while waiting for the upstream.",
             _positive("--request-timeout", float),
         ],
         [

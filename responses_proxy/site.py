@@ -9,6 +9,10 @@ while they are still being read.
     its first byte (or of the connection, or of the previous response), so
     a client that never finishes cannot hold a connection; once the request
     is complete the clock stops, and a slow upstream never trips it.
+  - A client that stops reading its answer (its socket stays full, nothing
+    drains) for C{requestTimeout} seconds is disconnected, which also
+    closes the upstream connection it was holding; a slow but reading
+    client is never cut.
   - The request head is parsed strictly, as a proxy must (RFC 9112): bare
     LF or CR line endings, obs-folded header lines and control characters
     in header values are a 400 at once (a different parser downstream could
@@ -123,6 +127,30 @@ class ProxyChannel(http.HTTPChannel):
         self._deadline = None
         self.transport.abortConnection()
 
+    # A client that stops reading. The transport pauses us when its send
+    # buffer is full and resumes us when it drains.
+
+    _stalled: IDelayedCall | None = None
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        timeout = self.site.requestTimeout
+        if timeout and self._stalled is None and self.transport is not None:
+            self._stalled = self.callLater(timeout, self._readerStalled)
+
+    def resumeProducing(self) -> None:
+        self._cancelStalled()
+        super().resumeProducing()
+
+    def _cancelStalled(self) -> None:
+        if self._stalled is not None and self._stalled.active():
+            self._stalled.cancel()
+        self._stalled = None
+
+    def _readerStalled(self) -> None:
+        self._stalled = None
+        self.transport.abortConnection()
+
     def allContentReceived(self) -> None:
         self._cancelDeadline()
         super().allContentReceived()
@@ -134,6 +162,7 @@ class ProxyChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Any) -> None:
         self._cancelDeadline()
+        self._cancelStalled()
         super().connectionLost(reason)
 
     # Strict parsing of the request head.

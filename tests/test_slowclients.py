@@ -319,3 +319,75 @@ class ClientGoneTests(TestCase):
         return self.assertUpstreamClosedWhenClientLeaves(
             "stall", b": stalling", pooled=True
         )
+
+
+class StalledReaderTests(TestCase):
+    """
+    A client that stops reading its answer cannot hold the connection, and
+    the upstream connection behind it, for ever.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_clientThatStopsReadingIsCut(self) -> None:
+        """
+        The client asks for a 64 MiB answer and reads none of it. Once the
+        socket buffers are full and nothing has drained for one
+        C{--request-timeout} (1 s), the proxy aborts the client connection,
+        which closes the upstream connection too; the client, reading at
+        last, finds a visibly incomplete answer.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url, "--request-timeout", "1")
+        client = yield connect(self, proxy.port)
+        client.transport.pauseProducing()  # read nothing
+        client.transport.write(
+            goodRequest(x_fake_scenario="big", x_fake_bytes=str(64 << 20))
+        )
+        yield waitFor(lambda: upstream.connections, timeout=5)
+        [(_, upstreamLost)] = upstream.connections
+        started = reactor.seconds()
+        yield waitFor(lambda: upstreamLost.called, timeout=15)
+        self.assertLess(reactor.seconds() - started, 10)
+        client.transport.resumeProducing()
+        yield client.closed
+        response = parseResponse(bytes(client.received))
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertFalse(response.complete)
+
+    @inlineCallbacks
+    def test_slowReaderNotCut(self) -> None:
+        """
+        A client that reads slowly but steadily (a moment every 100 ms, for
+        well over the timeout in total) gets its whole 16 MiB answer.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url, "--request-timeout", "1")
+        client = yield connect(self, proxy.port)
+        client.transport.write(
+            goodRequest(x_fake_scenario="big", x_fake_bytes=str(16 << 20))
+        )
+        calls = []
+
+        def sip() -> None:
+            client.transport.resumeProducing()
+            calls.append(reactor.callLater(0.002, pause))
+
+        def pause() -> None:
+            if client.closedAt is None:
+                client.transport.pauseProducing()
+                calls.append(reactor.callLater(0.1, sip))
+
+        pause()
+        started = reactor.seconds()
+        yield client.closed
+        for call in calls:
+            if call.active():
+                call.cancel()
+        response = parseResponse(bytes(client.received))
+        assert response is not None
+        self.assertTrue(response.complete)
+        self.assertEqual(len(response.body), 16 << 20)
+        self.assertGreater(reactor.seconds() - started, 1.5)
