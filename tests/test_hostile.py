@@ -402,6 +402,87 @@ class MutationFuzzTests(TestCase):
         self.assertEqual(parseResponse(data).status, 200)  # type: ignore[union-attr]
 
 
+def _sendInPieces(port: int, payload: bytes, cuts: list[int]) -> bytes:
+    """
+    Send C{payload} split at C{cuts} (separate C{send} calls, no Nagle),
+    then read until the server closes. Run in a thread.
+    """
+    received = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        start = 0
+        for cut in sorted(set(cuts)) + [len(payload)]:
+            if start < cut <= len(payload):
+                sock.sendall(payload[start:cut])
+                start = cut
+        while chunk := sock.recv(65536):
+            received += chunk
+    return bytes(received)
+
+
+@st.composite
+def _chunkedRequests(draw: st.DrawFn) -> tuple[bytes, bytes, list[int]]:
+    body = draw(st.binary(max_size=3000))
+    sizes = draw(st.lists(st.integers(1, 700), max_size=10))
+    pieces, position = [], 0
+    for size in sizes:
+        if position >= len(body):
+            break
+        pieces.append(body[position : position + size])
+        position += size
+    if position < len(body):
+        pieces.append(body[position:])
+    frames = b""
+    for piece in pieces:
+        extension = draw(st.sampled_from([b"", b";a=b", b';name="v"', b";x"]))
+        frames += b"%x%s\r\n%s\r\n" % (len(piece), extension, piece)
+    frames += b"0\r\n\r\n"
+    head = (
+        b"POST /v1/responses HTTP/1.1\r\nConnection: close\r\n"
+        b"X-Fake-Scenario: json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    payload = head + frames
+    cuts = draw(st.lists(st.integers(1, len(payload) - 1), max_size=12))
+    return payload, body, cuts
+
+
+class BodyFramingPropertyTests(TestCase):
+    """
+    However a valid body is framed and fragmented, the upstream gets it
+    byte for byte.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_chunkedBodiesForwardedExactly(self) -> None:
+        """
+        For generated bodies split into chunks (with chunk extensions) and
+        sent in arbitrary TCP fragments, the proxy answers 200 and the
+        upstream receives exactly the body, once.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url)
+        seen = upstream.resource.requests
+
+        @settings(
+            max_examples=150,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        @given(request=_chunkedRequests())
+        def check(request: tuple[bytes, bytes, list[int]]) -> None:
+            payload, body, cuts = request
+            before = len(seen)
+            response = parseResponse(_sendInPieces(proxy.port, payload, cuts))
+            assert response is not None and response.status == 200, payload[:200]
+            assert len(seen) == before + 1
+            assert seen[-1].body == body, (payload[:200], seen[-1].body[:100])
+
+        yield threads.deferToThread(check)
+
+
 # Malformed and smuggling input -----------------------------------------------
 
 _BODY = b'{"model": "m", "input": "hi"}'
