@@ -11,7 +11,9 @@ Hardening runs first, before the key is in memory.
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -50,6 +52,33 @@ def fail(message: str) -> SystemExit:
     return SystemExit(1)
 
 
+def _stderrIsDevNull() -> bool:
+    try:
+        stderr, devNull = os.fstat(2), os.stat(os.devnull)
+    except OSError:
+        return True
+    return (stderr.st_rdev, stat.S_ISCHR(stderr.st_mode)) == (devNull.st_rdev, True)
+
+
+def startupFailure(message: str) -> BaseException:
+    """
+    The exception that ends a failed start-up (bind, server-info).
+
+    Normally L{fail}: one line on stderr and exit 1. But a daemonizing
+    twistd has pointed stderr at /dev/null by then, and its launcher waits
+    for the daemon to report over a pipe, which twistd writes only for an
+    L{Exception}; on L{SystemExit} the launcher would wait forever. So
+    there a plain L{RuntimeError} is raised (its class name is short: the
+    launcher shows only the first 100 bytes of "RuntimeError: ..."), after
+    logging the whole message.
+    """
+    if _stderrIsDevNull():
+        _log.error("Start-up failed: {reason}", reason=message)
+        # Keep the end (the reason) when the path makes the line too long.
+        return RuntimeError(message if len(message) <= 84 else "..." + message[-81:])
+    return fail(message)
+
+
 class ProxyApplicationService(MultiService):
     """
     The top service: turns startup failures into a one-line error and exit 1.
@@ -66,7 +95,7 @@ class ProxyApplicationService(MultiService):
         try:
             super().privilegedStartService()
         except StartupError as e:
-            raise fail(str(e)) from None
+            raise startupFailure(str(e)) from None
 
     def startService(self) -> None:
         if self.reactor is not None and not self.reactor.running:
@@ -74,7 +103,7 @@ class ProxyApplicationService(MultiService):
         try:
             super().startService()
         except StartupError as e:
-            raise fail(str(e)) from None
+            raise startupFailure(str(e)) from None
 
 
 def stopCleanlyOnSignals(reactor: Any) -> None:

@@ -452,3 +452,54 @@ class TwistdDaemonTests(TestCase):
         yield waitFor(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5)
         self.assertFalse(os.path.exists(info))
         self.assertFalse(os.path.exists(pidfile))
+
+    @inlineCallbacks
+    def test_daemonStartupFailures(self) -> Any:
+        """
+        When the daemon cannot listen or write server-info, the launcher
+        reports it and exits 1 (it used to wait forever: twistd's daemon
+        reports only Exceptions, not SystemExit), and no daemon is left.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        blocker = os.path.join(directory, "file")
+        with open(blocker, "wb"):
+            pass
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        busyPort = busy.getsockname()[1]
+        freePort = socket.socket()
+        freePort.bind(("127.0.0.1", 0))
+        port = freePort.getsockname()[1]
+        freePort.close()
+        cases = [
+            (["--port", str(busyPort)], "Address already in use"),
+            (
+                ["--port", str(port), "--server-info", f"{blocker}/x/i.json"],
+                "Not a directory",
+            ),
+        ]
+        for number, (args, reason) in enumerate(cases):
+            pidfile = os.path.join(directory, f"{number}.pid")
+            launcher = spawnEntryPoint(
+                self,
+                [
+                    "twistd",
+                    f"--pidfile={pidfile}",
+                    f"--logfile={os.path.join(directory, f'{number}.log')}",
+                    "responses-api-proxy",
+                    *args,
+                ],
+                stdin=CANARY_KEY.encode(),
+            )
+            result = yield endWithin(launcher, 10)
+            output = (result.stdout + result.stderr).decode()
+            self.assertEqual(result.exitCode, 1, output)
+            self.assertIn("An error has occurred", output)
+            self.assertIn(reason, output)
+            self.assertFalse(os.path.exists(pidfile), output)
+        # The launcher exits once the daemon reported; the daemon itself
+        # (and its socket) goes a moment later.
+        yield waitFor(lambda: not listening(port), timeout=5)
