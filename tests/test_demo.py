@@ -14,7 +14,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from responses_proxy.demo import SSEParser, streamThroughProxy
 from responses_proxy.fakeupstream import DEFAULT_TEXT
-from tests.support import childEnvironment, scriptPath, startFakeUpstream, startProxy
+from tests.processes import endWithin
+from tests.support import (
+    childEnvironment,
+    scriptPath,
+    spawnEntryPoint,
+    startFakeUpstream,
+    startProxy,
+)
 
 
 class SSEParserTests(SynchronousTestCase):
@@ -131,3 +138,18 @@ class DemoCommandTests(TestCase):
         self.assertGreater(endedAt - firstAt, 0.1)
         self.assertIn(b"proxy stopped with GET /shutdown", process.err)
         self.assertIn(b"the upstream received the key", process.err)
+
+    @inlineCallbacks
+    def test_arguments(self) -> Any:
+        """
+        C{--help} describes the demo and exits 0; any other argument is a
+        usage error (exit 2). Neither starts anything.
+        """
+        for args, code in ((["--help"], 0), (["--port", "1"], 2)):
+            process = spawnEntryPoint(
+                self, ["responses-api-proxy-demo", *args], stdin=None
+            )
+            result = yield endWithin(process, 30)
+            self.assertEqual(result.exitCode, code, args)
+            self.assertIn(b"usage: responses-api-proxy-demo", result.stderr)
+            self.assertNotIn(b"listening", result.stderr)
