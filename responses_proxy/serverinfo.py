@@ -69,6 +69,30 @@ def _refuseUntrusted(path: str, directory: str) -> None:
         )
 
 
+def _makeParents(directory: str) -> None:
+    """
+    Create the missing directories of C{directory}, each mode 0755 whatever
+    the umask: the file is 0644 so that other users (the proxy's clients)
+    can read it, which they cannot through a 0700 parent made under umask
+    077. Directories that already exist are left as they are.
+    """
+    missing = []
+    current = directory
+    while not os.path.isdir(current) and current != os.path.dirname(current):
+        missing.append(current)
+        current = os.path.dirname(current)
+    for name in reversed(missing):
+        try:
+            os.mkdir(name, 0o700)
+        except FileExistsError:
+            continue
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, 0o755)
+        finally:
+            os.close(fd)
+
+
 def _identity(stat: os.stat_result) -> tuple[int, ...]:
     # The inode number alone is not enough: a file created after ours was
     # removed often gets the same one back.
@@ -87,7 +111,7 @@ def writeServerInfo(path: str, content: bytes, mode: int = 0o644) -> tuple[int, 
     directory = os.path.dirname(path)
     _refuseUntrusted(path, directory)
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        _makeParents(directory)
         if os.path.isdir(path) and not os.path.islink(path):
             raise IsADirectoryError(f"{path} is a directory")
         fd, temporary = tempfile.mkstemp(

@@ -82,6 +82,22 @@ class ServerInfoFileTests(SynchronousTestCase):
         writeServerInfo(path, b"{}\n")
         self.assertTrue(os.path.isfile(path))
 
+    def test_parentsReadableUnderStrictUmask(self) -> None:
+        """
+        Parents created under umask 077 are still 0755 (the file is meant
+        for other users); an existing parent's mode is not changed.
+        """
+        old = os.umask(0o077)
+        self.addCleanup(os.umask, old)
+        os.chmod(self.directory, 0o711)
+        path = os.path.join(self.directory, "a", "b", "info.json")
+        writeServerInfo(path, b"{}\n")
+        for created in ("a", os.path.join("a", "b")):
+            mode = os.stat(os.path.join(self.directory, created)).st_mode
+            self.assertEqual(stat.S_IMODE(mode), 0o755, created)
+        self.assertEqual(stat.S_IMODE(os.stat(self.directory).st_mode), 0o711)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o644)
+
     def test_relativePath(self) -> None:
         """
         A relative path is relative to the working directory at write time.
