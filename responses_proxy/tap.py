@@ -108,7 +108,8 @@ class ProxyApplicationService(MultiService):
 
 def stopCleanlyOnSignals(reactor: Any) -> None:
     """
-    Make SIGTERM and SIGINT a clean stop already before the reactor runs.
+    Make SIGTERM and SIGINT (and SIGHUP) a clean stop already before the
+    reactor runs.
 
     Both twistd and the console script start the services (which write the
     server-info file) before C{reactor.run()} installs its signal handlers.
@@ -123,6 +124,9 @@ def stopCleanlyOnSignals(reactor: Any) -> None:
 
     signal.signal(signal.SIGTERM, stopWhenRunning)
     signal.signal(signal.SIGINT, stopWhenRunning)
+    # The reactor leaves SIGHUP alone: keep this one for good, so that
+    # closing the terminal of a foreground proxy stops it cleanly too.
+    signal.signal(signal.SIGHUP, stopWhenRunning)
 
 
 class _UpstreamPoolService(Service):
