@@ -3,8 +3,9 @@
 The C{responses-api-proxy} console script: the twistd plugin's service,
 run in the foreground without twistd (no pidfile, no daemonizing).
 
-Exit status: 0 after SIGTERM, SIGINT or C{GET /shutdown}; 1 when the key,
-the options' files or the listening port are unusable; 2 for bad options.
+Exit status: 0 after SIGTERM, SIGINT, SIGHUP or C{GET /shutdown}; 1 when
+the key, the options' files, the listening port or the server-info file are
+unusable; 2 for bad options; 130 for Ctrl-C while the key is being typed.
 """
 
 from __future__ import annotations
