@@ -30,13 +30,15 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import (
+    URI,
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     ProxyAgent,
     _HTTP11ClientFactory,
 )
-from twisted.web.iweb import IAgent
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
 from responses_proxy.egress import (
     EgressProxy,
@@ -136,6 +138,40 @@ class _QuietPool(HTTPConnectionPool):
         super()._putConnection(key, connection)
 
 
+class _FixedTargetAgent(Agent):
+    """
+    An L{Agent} for a proxy that always calls the same URL.
+
+    C{Agent.request} parses the URL and builds a new endpoint (IDNA-encoding
+    the host name) for every request; with one constant upstream that was
+    about a tenth of the proxy's CPU per request. This does both once per
+    URL and then takes the same path as C{Agent.request}: the same pool key,
+    the same endpoint factory (TLS, tunnels), a fresh DNS lookup per new
+    connection.
+    """
+
+    _targets: dict[bytes, tuple[URI, object, tuple[bytes, bytes, int]]]
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        targets = self.__dict__.setdefault("_targets", {})
+        target = targets.get(uri)
+        if target is None:
+            parsed = URI.fromBytes(uri)
+            endpoint = self._getEndpoint(parsed)
+            key = (parsed.scheme, parsed.host, parsed.port)
+            target = targets[uri] = (parsed, endpoint, key)
+        parsed, endpoint, key = target
+        return self._requestWithEndpoint(
+            key, endpoint, method, parsed, headers, bodyProducer, parsed.originForm
+        )
+
+
 @dataclass
 class UpstreamClient:
     """
@@ -189,13 +225,13 @@ def makeUpstreamClient(
         egress = proxyFromEnvironment(target.scheme, target.host, environ)
     agent: IAgent
     if egress is None:
-        agent = Agent(
+        agent = _FixedTargetAgent(
             reactor, contextFactory=policy, connectTimeout=connectTimeout, pool=pool
         )
     elif target is not None and target.scheme == "https":
         # CONNECT tunnel; TLS inside it is verified against the upstream host.
         tunnels = TunnellingEndpointFactory(reactor, egress, policy, connectTimeout)
-        agent = Agent.usingEndpointFactory(reactor, tunnels, pool=pool)
+        agent = _FixedTargetAgent.usingEndpointFactory(reactor, tunnels, pool=pool)
     else:
         # Plain HTTP: absolute-form requests to the proxy, which sees them.
         proxyEndpoint = HostnameEndpoint(
