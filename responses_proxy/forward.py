@@ -194,7 +194,9 @@ class Exchange:
         forwarder = self._forwarder
         request.notifyFinish().addErrback(self._clientDisconnected)
         headers = upstreamRequestHeaders(
-            request.requestHeaders, forwarder.authorization.value
+            request.requestHeaders,
+            forwarder.authorization.value,
+            forwarder.target.hostHeader,
         )
         body = _bodyProducer(request.content)
         self.bytesIn = body.length

@@ -53,14 +53,19 @@ def _copyEndToEnd(
             destination.setRawHeaders(name, values)
 
 
-def upstreamRequestHeaders(incoming: Headers, authorization: bytes) -> Headers:
+def upstreamRequestHeaders(
+    incoming: Headers, authorization: bytes, host: bytes | None = None
+) -> Headers:
     """
     The headers to send upstream: the client's end-to-end headers, with
-    exactly one C{Authorization: <authorization>}.
+    exactly one C{Authorization: <authorization>} and, when given, C{Host}
+    (set here, the Agent would otherwise copy all headers to add it).
     """
     outgoing = Headers()
     _copyEndToEnd(incoming, outgoing, _OWNED_UPSTREAM)
     outgoing.setRawHeaders(b"authorization", [authorization])
+    if host is not None:
+        outgoing.setRawHeaders(b"host", [host])
     return outgoing
 
 
