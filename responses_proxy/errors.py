@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 
+from twisted.web.http import datetimeToString
 from twisted.web.iweb import IRequest
 
 
@@ -30,6 +31,7 @@ def respondWithError(
     request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
     request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
     request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
+    request.responseHeaders.setRawHeaders(b"date", [datetimeToString()])
     return body
 
 

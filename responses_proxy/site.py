@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
@@ -83,17 +85,19 @@ class ProxyRequest(server.Request):
             return
         super().requestReceived(command, path, version)
 
-    def _handleStar(self) -> None:
-        # twisted.web answers "OPTIONS *" 200 by itself, before any resource
-        # sees it; render the root instead, which refuses it like the rest.
-        self.render(self.site.resource)
-
-    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
-        # server.Request.process sets a version-revealing Server header; we
-        # send none of our own (a mirrored upstream one is kept).
-        if name in (b"Server", b"server"):
-            return
-        super().setHeader(name, value)
+    def process(self) -> None:
+        # server.Request.process minus per-request work a proxy does not
+        # want: a version-revealing Server header, and a Date header that a
+        # relayed answer replaces anyway (the proxy's own answers add one).
+        # Nor is "OPTIONS *" answered 200 here: it traverses like any other
+        # target, and is refused.
+        self.site = self.channel.site
+        self.prepath = []
+        self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
+        try:
+            self.render(self.site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
 
 
 class ProxyChannel(http.HTTPChannel):
@@ -107,6 +111,13 @@ class ProxyChannel(http.HTTPChannel):
     maxHeaders = MAX_HEADERS
     # No single line may be longer than the whole head may be.
     MAX_LENGTH = MAX_HEADER_BYTES
+    _host: IAddress | None = None
+
+    def getHost(self) -> IAddress:
+        # Every Request asks; one getsockname(2) per connection is enough.
+        if self._host is None:
+            self._host = self.transport.getHost()
+        return self._host
 
     def connectionMade(self) -> None:
         super().connectionMade()
