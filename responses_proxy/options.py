@@ -185,3 +185,5 @@ class ProxyOptions(usage.Options):
             # Twisted's default backlog of 50 drops SYNs under a burst of
             # connections (each retried only after 1 s); 511 is nginx's.
             self["listen"] = f"tcp:{port}:interface=127.0.0.1:backlog=511"
+            # What error messages call it (not the endpoint's internals).
+            self["listen-description"] = f"127.0.0.1:{port}"

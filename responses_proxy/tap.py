@@ -234,9 +234,10 @@ def makeService(
         raise fail(message) from None
     top = ProxyApplicationService(reactor)
     _UpstreamPoolService(upstream).setServiceParent(top)
-    ProxyService(
-        endpoint, site, config["listen"], config["server-info"]
-    ).setServiceParent(top)
+    description = config.get("listen-description") or config["listen"]
+    ProxyService(endpoint, site, description, config["server-info"]).setServiceParent(
+        top
+    )
     reactor.addSystemEventTrigger("after", "shutdown", authorization.wipe)
     reactor.addSystemEventTrigger("after", "shutdown", forgetExitSignal, reactor)
     return top
