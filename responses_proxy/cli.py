@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import sys
 
-from twisted.logger import (
-    globalLogBeginner,
-    jsonFileLogObserver,
-    textFileLogObserver,
-)
+from twisted.logger import globalLogBeginner, jsonFileLogObserver
 from twisted.python import usage
 
+from responses_proxy.logtext import TextLogObserver
 from responses_proxy.options import ProxyOptions
 
 
@@ -61,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     if config["log-format"] == "json":
         observer = jsonFileLogObserver(sys.stderr)
     else:
-        observer = textFileLogObserver(sys.stderr)
+        observer = TextLogObserver(sys.stderr, reactor)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     try:
         service = makeService(config, reactor=reactor)
