@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
+from responses_proxy.eagerwrite import sendEagerly
 from responses_proxy.errors import rawErrorResponse
 
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -120,6 +121,7 @@ class ProxyChannel(http.HTTPChannel):
         return self._host
 
     def connectionMade(self) -> None:
+        sendEagerly(self.transport)
         super().connectionMade()
         self._startDeadline()
 

@@ -40,6 +40,7 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
+from responses_proxy.eagerwrite import sendEagerly
 from responses_proxy.egress import (
     EgressProxy,
     ProxyAuthorizingAgent,
@@ -118,9 +119,32 @@ def loadTrustRoot(caFile: str) -> ssl.IOpenSSLTrustRoot:
     )
 
 
+class _UpstreamProtocol(HTTP11ClientProtocol):
+    """
+    An upstream connection with Nagle's algorithm off, as on the client side
+    (twisted.web sets it there): a body written in pieces, or an upstream
+    that delays its ACKs, must not hold a request back.
+    """
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        # Under TLS the socket is the transport's own transport.
+        socket = getattr(transport, "transport", None) or transport
+        sendEagerly(socket)
+        setNoDelay = getattr(socket, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            try:
+                setNoDelay(True)
+            except OSError:
+                pass
+
+
 class _QuietClientFactory(_HTTP11ClientFactory):
     # One "Starting factory" log line per upstream connection is noise.
     noisy = False
+
+    def buildProtocol(self, addr: object) -> HTTP11ClientProtocol:
+        return _UpstreamProtocol(self._quiescentCallback)
 
 
 class _QuietPool(HTTPConnectionPool):
@@ -194,7 +218,7 @@ def makeUpstreamClient(
     *,
     caFile: str | None = None,
     connectTimeout: float = 30.0,
-    maxPersistentPerHost: int = 64,
+    maxPersistentPerHost: int = 512,
     target: UpstreamTarget | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> UpstreamClient:

@@ -360,25 +360,28 @@ class StalledReaderTests(TestCase):
     @inlineCallbacks
     def test_slowReaderNotCut(self) -> None:
         """
-        A client that reads slowly but steadily (a moment every 100 ms, for
-        well over the timeout in total) gets its whole 16 MiB answer.
+        A client that reads slowly but steadily (one read of at most 64 KiB
+        every 30 ms, so about two seconds in all, well over the timeout)
+        gets its whole 4 MiB answer.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url, "--request-timeout", "1")
         client = yield connect(self, proxy.port)
         client.transport.write(
-            goodRequest(x_fake_scenario="big", x_fake_bytes=str(16 << 20))
+            goodRequest(x_fake_scenario="big", x_fake_bytes=str(4 << 20))
         )
         calls = []
 
         def sip() -> None:
+            # Reading resumes; the reactor reads once (at most 64 KiB)
+            # before the next turn pauses it again.
             client.transport.resumeProducing()
-            calls.append(reactor.callLater(0.002, pause))
+            calls.append(reactor.callLater(0, pause))
 
         def pause() -> None:
             if client.closedAt is None:
                 client.transport.pauseProducing()
-                calls.append(reactor.callLater(0.1, sip))
+                calls.append(reactor.callLater(0.03, sip))
 
         pause()
         started = reactor.seconds()
@@ -389,5 +392,5 @@ class StalledReaderTests(TestCase):
         response = parseResponse(bytes(client.received))
         assert response is not None
         self.assertTrue(response.complete)
-        self.assertEqual(len(response.body), 16 << 20)
+        self.assertEqual(len(response.body), 4 << 20)
         self.assertGreater(reactor.seconds() - started, 1.5)
