@@ -30,8 +30,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
@@ -229,6 +229,12 @@ class Exchange:
         request.setResponseCode(response.code, response.phrase)
         request.responseHeaders = type(response.headers)()
         mirrorResponseHeaders(response.headers, request.responseHeaders)
+        if response.length is not UNKNOWN_LENGTH and response.code not in NO_BODY_CODES:
+            # The upstream's length, relayed: no chunked framing to add, and a
+            # client of an answer cut short (we abort) sees it is short.
+            request.responseHeaders.setRawHeaders(
+                b"content-length", [b"%d" % response.length]
+            )
         request.defaultContentType = None
         if self._dump is not None:
             self._dump.responseStarted(response.code, request.responseHeaders)

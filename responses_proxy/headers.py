@@ -75,8 +75,9 @@ def mirrorResponseHeaders(upstream: Headers, outgoing: Headers) -> None:
 
     The Agent's parser keeps connection-control headers (C{Connection},
     C{Content-Length}, C{Transfer-Encoding}, C{Keep-Alive}, ...) out of
-    C{upstream}, so twisted.web frames the relayed body itself (chunked for
-    HTTP/1.1), and an upstream that dies early makes the proxy abort the
+    C{upstream}; the forwarder sets C{Content-Length} from the answer's
+    known length, else twisted.web frames the relayed body itself (chunked
+    for HTTP/1.1), and an upstream that dies early makes the proxy abort the
     client connection, so a truncated body never looks complete. For the
     same reason, headers named only by the upstream's C{Connection} header
     cannot be recognised here and are passed on.

@@ -579,6 +579,19 @@ class RawConnection(protocol.Protocol):
         """
         return waitFor(lambda: marker in self.data, timeout)
 
+    def waitForResponse(self, timeout: float = 10.0) -> Deferred[Any]:
+        """
+        Wait (with a deadline) until a complete response was received,
+        whatever its framing (chunked or C{Content-Length}).
+        """
+
+        def complete() -> bool:
+            if b"\r\n\r\n" not in self.data:
+                return False
+            return parseRawResponse(bytes(self.data)).complete
+
+        return waitFor(complete, timeout)
+
     def stopReading(self) -> None:
         """
         Stop reading from the socket, so the server's writes back up.

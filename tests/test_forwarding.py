@@ -353,6 +353,26 @@ class ConnectionReuseTests(TestCase):
         self.proxy = startProxy(self, self.upstream.url)
 
     @inlineCallbacks
+    def test_contentLengthRelayed(self) -> None:
+        """
+        An upstream answer with a Content-Length reaches the client with the
+        same Content-Length and no chunked framing added.
+        """
+        conn = yield connectRaw(self, self.proxy.port)
+        conn.send(
+            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nx-fake-scenario: gzip\r\n"
+            b"Content-Length: 2\r\n\r\n{}"
+        )
+        yield conn.waitForResponse()
+        response = parseRawResponse(bytes(conn.data))
+        [seen] = self.upstream.resource.requests
+        self.assertFalse(response.chunked)
+        self.assertEqual(
+            response.header(b"content-length"), [b"%d" % len(response.body)]
+        )
+        self.assertEqual(response.header(b"content-encoding"), [b"gzip"])
+
+    @inlineCallbacks
     def test_keepAliveClient(self) -> None:
         """
         Two requests on one client connection are both forwarded and
@@ -364,7 +384,7 @@ class ConnectionReuseTests(TestCase):
             b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nx-fake-scenario: json\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
-        yield conn.waitForBytes(b"\r\n0\r\n\r\n")
+        yield conn.waitForResponse()
         first = parseRawResponse(bytes(conn.data))
         del conn.data[:]
         conn.send(

@@ -98,7 +98,8 @@ class SSEArrivalTests(TestCase):
 
 class _CountingClient(protocol.Protocol):
     """
-    Counts the de-chunked body of one chunked response without keeping it.
+    Counts the body of one response, chunked or with a Content-Length,
+    without keeping it.
     """
 
     def __init__(self) -> None:
@@ -108,6 +109,7 @@ class _CountingClient(protocol.Protocol):
         self.bodyBytes = 0
         self.chunkLeft = 0
         self.complete = False
+        self.length: int | None = None
         self.closed: Deferred[None] = Deferred()
 
     def dataReceived(self, data: bytes) -> None:
@@ -118,6 +120,15 @@ class _CountingClient(protocol.Protocol):
                 return
             self.head, self.headDone = head, True
             self.buffer = bytearray(rest)
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    self.length = int(value)
+        if self.length is not None:
+            self.bodyBytes += len(self.buffer)
+            del self.buffer[:]
+            self.complete = self.bodyBytes == self.length
+            return
         self._dechunk()
 
     def _dechunk(self) -> None:

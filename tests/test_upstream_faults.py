@@ -313,7 +313,7 @@ class PooledClientGoneTests(_Exchange, TestCase):
             b"POST /v1/responses HTTP/1.1\r\nx-fake-scenario: json\r\n"
             b"Content-Length: 2\r\n\r\n{}"
         )
-        yield conn.waitForBytes(b"\r\n0\r\n\r\n")
+        yield conn.waitForResponse()
         self.assertEqual(len(upstream.connections), 1)
         conn.send(_request(b"x-fake-scenario: silent", b"x-fake-delay-ms: 10000"))
         yield waitFor(lambda: upstream.resource.streams)
