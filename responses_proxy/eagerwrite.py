@@ -13,8 +13,14 @@ kernel did not take, so ordering, flow control (the producer is paused when
 that queue grows) and error handling (a failing socket is left to the
 reactor's write path) stay Twisted's. An aborted transport sends nothing.
 
-(Holding the writes of one event and sending them together was tried: no
-less CPU, and the first byte of an answer left later.)
+Where the proxy knows it is about to write several pieces that belong
+together (an answer's head and its first bytes), L{batchedWrites} holds
+them and sends each transport's pieces with one C{send(2)} when the block
+ends: on loopback a send costs several percent of an exchange. Measured
+and not kept: holding everything one event writes until the event ends (the
+first byte of an answer then waits for the rest of the event's work), and
+batching the upstream request's head with its body (about 0.06 ms more
+time to first byte in bench/run's ttfb, for a few percent of CPU).
 
 It applies to already connected plain C{twisted.internet.tcp} transports,
 whose class is switched to a subclass that only adds this C{write}
@@ -24,9 +30,37 @@ transports) is left alone.
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Any
 
 from twisted.internet import tcp
+
+_holding: list[_EagerWriteMixin] = []
+
+
+class _Batch:
+    """
+    Context manager: hold eager writes until the outermost block ends.
+    """
+
+    depth = 0
+
+    def __enter__(self) -> None:
+        _Batch.depth += 1
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        _Batch.depth -= 1
+        if not _Batch.depth:
+            while _holding:
+                _holding.pop()._sendHeld()
+
+
+batchedWrites = _Batch
 
 
 class _EagerWriteMixin:
@@ -38,8 +72,23 @@ class _EagerWriteMixin:
     _writeDisconnected: bool
     _aborting: bool
     socket: Any
+    _held: list[bytes] | None = None
 
     def write(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+        elif _Batch.depth and data:
+            self._held = [data]
+            _holding.append(self)
+        else:
+            self._sendNow(data)
+
+    def _sendHeld(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._sendNow(held[0] if len(held) == 1 else b"".join(held))
+
+    def _sendNow(self, data: bytes) -> None:
         if (
             data
             and self.connected

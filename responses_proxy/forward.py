@@ -37,6 +37,7 @@ from zope.interface import implementer
 
 from responses_proxy.apikey import AuthHeader
 from responses_proxy.dumps import DumpWriter, ExchangeDump
+from responses_proxy.eagerwrite import batchedWrites
 from responses_proxy.egress import EgressProxyError
 from responses_proxy.errors import respondWithError
 from responses_proxy.headers import mirrorResponseHeaders, upstreamRequestHeaders
@@ -253,7 +254,11 @@ class Exchange:
         Pass one piece of upstream body to the client, unchanged.
         """
         self.bytesOut += len(data)
-        self._request.write(data)
+        if self._request.startedWriting:
+            self._request.write(data)
+        else:
+            with batchedWrites():  # the answer's head and first bytes: one send
+                self._request.write(data)
         if self._dump is not None:
             self._dump.responseChunk(data)
 

@@ -10,7 +10,7 @@ from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from responses_proxy.eagerwrite import sendEagerly
+from responses_proxy.eagerwrite import batchedWrites, sendEagerly
 from tests.support import waitFor
 
 
@@ -67,6 +67,21 @@ class EagerTransportTests(TestCase):
         self.assertEqual(transport._tempDataBuffer, [])
         self.assertEqual(transport.dataBuffer, b"")
         return waitFor(lambda: bytes(self.server.received) == b"hello world")
+
+    def test_batchSendsOnce(self) -> Any:
+        """
+        Writes inside a batch are held, and sent together (in order, in one
+        piece) when the outermost batch ends.
+        """
+        transport = self.client.transport
+        with batchedWrites():
+            transport.write(b"head ")
+            with batchedWrites():
+                transport.writeSequence([b"and ", b"body"])
+            self.assertEqual(transport._held, [b"head ", b"and body"])
+        self.assertIsNone(transport._held)
+        self.assertEqual(transport._tempDataBuffer, [])
+        return waitFor(lambda: bytes(self.server.received) == b"head and body")
 
     @inlineCallbacks
     def test_remainderQueuedInOrder(self) -> Any:
