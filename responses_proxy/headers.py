@@ -32,6 +32,7 @@ HOP_BY_HOP = frozenset(
 
 # Request headers the proxy itself owns on the upstream hop.
 _OWNED_UPSTREAM = frozenset({b"authorization", b"host", b"content-length", b"expect"})
+_SKIP_UPSTREAM = HOP_BY_HOP | _OWNED_UPSTREAM
 
 
 def _connectionNamed(values: Iterable[bytes] | None) -> set[bytes]:
@@ -45,9 +46,11 @@ def _connectionNamed(values: Iterable[bytes] | None) -> set[bytes]:
 
 
 def _copyEndToEnd(
-    source: Headers, destination: Headers, alsoSkip: frozenset[bytes]
+    source: Headers, destination: Headers, skip: frozenset[bytes]
 ) -> None:
-    skip = HOP_BY_HOP | alsoSkip | _connectionNamed(source.getRawHeaders(b"connection"))
+    connection = source.getRawHeaders(b"connection")
+    if connection:
+        skip = skip | _connectionNamed(connection)
     for name, values in source.getAllRawHeaders():
         if name.lower() not in skip:
             destination.setRawHeaders(name, values)
@@ -62,7 +65,7 @@ def upstreamRequestHeaders(
     (set here, the Agent would otherwise copy all headers to add it).
     """
     outgoing = Headers()
-    _copyEndToEnd(incoming, outgoing, _OWNED_UPSTREAM)
+    _copyEndToEnd(incoming, outgoing, _SKIP_UPSTREAM)
     outgoing.setRawHeaders(b"authorization", [authorization])
     if host is not None:
         outgoing.setRawHeaders(b"host", [host])
@@ -82,4 +85,4 @@ def mirrorResponseHeaders(upstream: Headers, outgoing: Headers) -> None:
     same reason, headers named only by the upstream's C{Connection} header
     cannot be recognised here and are passed on.
     """
-    _copyEndToEnd(upstream, outgoing, frozenset())
+    _copyEndToEnd(upstream, outgoing, HOP_BY_HOP)
