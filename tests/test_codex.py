@@ -2,13 +2,15 @@
 End to end with the real Codex CLI: C{codex exec} completes a turn through
 the spawned proxy, which injects our key towards the fake upstream.
 
-The binary comes from C{$CODEX_BIN} (CI installs C{@openai/codex} with npm
-into C{.ci/node}); failing that, a local copy in C{/work/codexref}.
+The binary comes from C{$CODEX_BIN}; failing that, C{.ci/node} in the
+checkout (where C{.ci/run} installs C{@openai/codex} with npm), then
+C{codex} on C{$PATH}.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -23,17 +25,27 @@ from tests.support import (
     startFakeUpstream,
 )
 
-LOCAL_CODEX = "/work/codexref/node_modules/.bin/codex"
+CHECKOUT_CODEX = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    ".ci",
+    "node",
+    "node_modules",
+    ".bin",
+    "codex",
+)
 
 
 def codexBinary() -> str | None:
     """
-    The Codex CLI to run: C{$CODEX_BIN}, else the local copy, else None.
+    The Codex CLI to run: C{$CODEX_BIN}, else the checkout's C{.ci/node}
+    copy, else C{codex} on C{$PATH}, else None.
     """
     configured = os.environ.get("CODEX_BIN")
     if configured:
         return configured
-    return LOCAL_CODEX if os.path.exists(LOCAL_CODEX) else None
+    if os.path.exists(CHECKOUT_CODEX):
+        return CHECKOUT_CODEX
+    return shutil.which("codex")
 
 
 class CodexTests(TestCase):
@@ -53,8 +65,8 @@ class CodexTests(TestCase):
         codex = codexBinary()
         if codex is None:
             raise self.skipTest(
-                "no Codex CLI: set CODEX_BIN (CI: npm install --prefix .ci/node "
-                f"@openai/codex) or provide {LOCAL_CODEX}"
+                "no Codex CLI: set CODEX_BIN, put codex on PATH, or run "
+                "npm install --prefix .ci/node @openai/codex"
             )
         if not os.path.exists(codex):
             self.fail(f"CODEX_BIN={codex} does not exist")
