@@ -18,10 +18,12 @@ import argparse
 import asyncio
 import json
 import re
-import resource
 import socket
 import sys
 import time
+from typing import cast
+
+from _procs import raiseFdLimit
 
 REQUEST_BODY = (
     b'{"model":"gpt-bench","input":[{"role":"user","content":[{"type":"input_text",'
@@ -41,14 +43,6 @@ def request(port: int, extra: dict[str, str], body: bytes = REQUEST_BODY) -> byt
     ]
     lines += [f"{k}: {v}".encode() for k, v in extra.items()]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-
-def raiseFdLimit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -89,43 +83,66 @@ class BodyDecoder:
         self.bodyBytes = 0
 
     def feed(self, data: bytes) -> bytes:
+        """
+        Take the next bytes received; return the body bytes among them.
+        """
         if not self.headDone:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                return b""
-            head = bytes(self.head[:end])
-            data = bytes(self.head[end + 4 :])
-            self.head = bytearray()
-            self.headDone = True
-            lines = head.split(b"\r\n")
-            self.status = int(lines[0].split(b" ")[1])
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"transfer-encoding" and b"chunked" in value.lower():
-                    self.chunked = True
-                elif name == b"content-length":
-                    self.length = int(value)
-            if not self.chunked and self.length == 0:
-                self.done = True
+            data = self._feedHead(data)
         if not data:
             return b""
-        if not self.chunked:
-            if self.length is not None:
-                left = self.length - self.bodyBytes
-                data = data[:left]
-                self.bodyBytes += len(data)
-                if self.bodyBytes >= self.length:
-                    self.done = True
-            else:
-                self.bodyBytes += len(data)
-            return data
+        if self.chunked:
+            return self._feedChunked(data)
+        return self._feedPlain(data)
+
+    def _feedHead(self, data: bytes) -> bytes:
+        """
+        Collect the head until it is complete, then parse it; return what
+        follows it (the start of the body).
+        """
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            return b""
+        head = bytes(self.head[:end])
+        rest = bytes(self.head[end + 4 :])
+        self.head = bytearray()
+        self.headDone = True
+        lines = head.split(b"\r\n")
+        self.status = int(lines[0].split(b" ")[1])
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"transfer-encoding" and b"chunked" in value.lower():
+                self.chunked = True
+            elif name == b"content-length":
+                self.length = int(value)
+        if not self.chunked and self.length == 0:
+            self.done = True
+        return rest
+
+    def _feedPlain(self, data: bytes) -> bytes:
+        """
+        Content-Length or close-delimited body.
+        """
+        if self.length is not None:
+            data = data[: self.length - self.bodyBytes]
+            self.bodyBytes += len(data)
+            if self.bodyBytes >= self.length:
+                self.done = True
+        else:
+            self.bodyBytes += len(data)
+        return data
+
+    def _feedChunked(self, data: bytes) -> bytes:
+        """
+        Chunked body: undo the framing of as much as has arrived, keep the
+        rest (a partial size line or chunk) for the next call.
+        """
         out = bytearray()
         self.raw += data
         pos = 0
         raw = self.raw
-        while True:
+        while not self.done:
             if self.chunkLeft > 0:
                 take = min(self.chunkLeft, len(raw) - pos)
                 if take <= 0:
@@ -135,25 +152,28 @@ class BodyDecoder:
                 self.chunkLeft -= take
                 if self.chunkLeft == 0:
                     self.chunkLeft = -2  # expect CRLF
-                continue
-            if self.chunkLeft == -2:
+            elif self.chunkLeft == -2:
                 if len(raw) - pos < 2:
                     break
                 pos += 2
                 self.chunkLeft = 0
-                continue
-            eol = raw.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            size = int(bytes(raw[pos:eol]).split(b";")[0], 16)
-            pos = eol + 2
-            if size == 0:
-                self.done = True  # trailers ignored
-                break
-            self.chunkLeft = size
+            else:
+                eol = raw.find(b"\r\n", pos)
+                if eol < 0:
+                    break
+                self._startChunk(bytes(raw[pos:eol]))
+                pos = eol + 2
         del raw[:pos]
         self.bodyBytes += len(out)
         return bytes(out)
+
+    def _startChunk(self, sizeLine: bytes) -> None:
+        """
+        A chunk-size line: size 0 ends the body (trailers are ignored).
+        """
+        self.chunkLeft = int(sizeLine.split(b";")[0], 16)
+        if self.chunkLeft == 0:
+            self.done = True
 
 
 # --------------------------------------------------------------------- sse
@@ -171,8 +191,8 @@ class SSEClient(asyncio.Protocol):
         self.error: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        transport.write(self.run.requestBytes)  # type: ignore[attr-defined]
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.run.requestBytes)
 
     def data_received(self, data: bytes) -> None:
         now = time.time_ns()
@@ -203,7 +223,7 @@ class SSEClient(asyncio.Protocol):
 
     def _fail(self, why: str) -> None:
         self.error = why
-        self.transport.abort()  # type: ignore[attr-defined]
+        self.transport.abort()
         if not self.finished.done():
             self.finished.set_result(None)
 
@@ -326,6 +346,59 @@ def readResponse(s: socket.socket, decoder: BodyDecoder, buf: bytearray) -> None
         decoder.feed(bytes(view[:n]))
 
 
+def _readFull(
+    s: socket.socket, decoder: BodyDecoder, buf: bytearray, size: int
+) -> None:
+    """
+    Full speed: parse the head, then count body bytes without copying them.
+    """
+    view = memoryview(buf)
+    while not decoder.headDone:
+        n = s.recv_into(view)
+        if not n:
+            raise ConnectionError("closed before headers")
+        decoder.feed(bytes(view[:n]))
+    if decoder.chunked:
+        readResponse(s, decoder, buf)
+        return
+    total = decoder.bodyBytes
+    while total < size:
+        n = s.recv_into(view)
+        if not n:
+            raise ConnectionError(f"closed after {total} body bytes")
+        total += n
+    decoder.bodyBytes = total
+
+
+def _readPaced(
+    s: socket.socket,
+    decoder: BodyDecoder,
+    buf: bytearray,
+    t0: float,
+    rate: float,
+    seconds: float,
+) -> None:
+    """
+    Paced: at most C{rate} bytes per second, for C{seconds}, then hang up.
+    """
+    view = memoryview(buf)
+    end = t0 + seconds
+    received = 0
+    while not decoder.done:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        allowed = int((now - t0) * rate) - received
+        if allowed <= 0:
+            time.sleep(min(0.005, end - now))
+            continue
+        n = s.recv_into(view, min(len(buf), allowed))
+        if not n:
+            raise ConnectionError("closed early")
+        received += n
+        decoder.feed(bytes(view[:n]))
+
+
 def cmdBig(args: argparse.Namespace) -> dict:
     s = connect(args.port)
     s.sendall(
@@ -333,46 +406,13 @@ def cmdBig(args: argparse.Namespace) -> dict:
     )
     decoder = BodyDecoder()
     buf = bytearray(1 << 20 if not args.rate else 64 * 1024)
-    view = memoryview(buf)
     t0 = time.perf_counter()
-    firstByte = None
     error = None
     try:
         if not args.rate:
-            # Full speed: parse the head, then count body bytes without copying.
-            while not decoder.headDone:
-                n = s.recv_into(view)
-                if not n:
-                    raise ConnectionError("closed before headers")
-                firstByte = firstByte or time.perf_counter()
-                decoder.feed(bytes(view[:n]))
-            if decoder.chunked:
-                readResponse(s, decoder, buf)
-            else:
-                total = decoder.bodyBytes
-                while total < args.bytes:
-                    n = s.recv_into(view)
-                    if not n:
-                        raise ConnectionError(f"closed after {total} body bytes")
-                    total += n
-                decoder.bodyBytes = total
+            _readFull(s, decoder, buf, args.bytes)
         else:
-            # Paced: at most `rate` bytes per second, for `seconds`, then hang up.
-            end = t0 + args.seconds
-            received = 0
-            while not decoder.done:
-                now = time.perf_counter()
-                if now >= end:
-                    break
-                allowed = int((now - t0) * args.rate) - received
-                if allowed <= 0:
-                    time.sleep(min(0.005, end - now))
-                    continue
-                n = s.recv_into(view, min(len(buf), allowed))
-                if not n:
-                    raise ConnectionError("closed early")
-                received += n
-                decoder.feed(bytes(view[:n]))
+            _readPaced(s, decoder, buf, t0, args.rate, args.seconds)
     except Exception as e:  # noqa: BLE001
         error = f"{type(e).__name__}: {e}"
     elapsed = time.perf_counter() - t0

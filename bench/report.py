@@ -1,18 +1,30 @@
+# -*- test-case-name: tests.test_benchreport -*-
 """
 Turn the benchmark's results into bench/RESULTS.md and bench/results.json.
+
+Pure functions of the results (plus L{writeReports}, which writes them), so
+that a saved results.json can be rendered again (C{bench/run --rereport})
+and the rendering is unit-tested (tests/test_benchreport.py). Standard
+library only, and no imports from bench/.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The built-in implementations, in column order; implementations defined on
+# the command line (bench/impls.py) go between ours and the reference.
 COLUMNS = ["direct", "ours", "reference", "nginx"]
 
 
 def fmt(value: Any, digits: int = 2) -> str:
+    """
+    A figure as RESULTS.md shows it: fewer decimals as it grows, "—" for
+    not measured, "NO" for a false flag (so that it stands out).
+    """
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -30,7 +42,11 @@ def fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def get(results: dict, scenario: str, impl: str, field: str) -> Any:
+def get(results: dict[str, Any], scenario: str, impl: str, field: str) -> Any:
+    """
+    C{results[scenario][impl][field]}, C{field} dotted for nested values
+    (C{"slow.peak_growth_mb"}); C{None} where anything is missing.
+    """
     d = results.get(scenario, {}).get(impl)
     if d is None:
         return None
@@ -160,47 +176,92 @@ ROWS: list[tuple[str, str, str, str | None]] = [
     ("upload 20 MB: peak RSS, MB", "upload", "peak_rss_mb", None),
 ]
 
-# Fields where lower is better (for the ratio column's reading).
-LOWER_BETTER = ("ms", "seconds", "rss", "cpu", "errors", "growth")
+
+def addedLatency(byImpl: dict[str, dict[str, Any]]) -> None:
+    """
+    Add C{added_*_ms} = the implementation's figure minus direct's: p50 and
+    p99 percentile by percentile; max minus direct's p50 (the worst event
+    against the typical no-proxy event: two maxima of separate runs are
+    both single scheduling hiccups, and their difference means nothing).
+    """
+    base = byImpl.get("direct")
+    if not base:
+        return
+    for d in byImpl.values():
+        for stat, baseStat in (("p50", "p50"), ("p99", "p99"), ("max", "p50")):
+            mine, floor = d.get(f"{stat}_ms"), base.get(f"{baseStat}_ms")
+            if mine is not None and floor is not None:
+                d[f"added_{stat}_ms"] = mine - floor
 
 
-def cell(results: dict, scenario: str, impl: str, field: str) -> str:
+def _variant(impl: str, field: str) -> tuple[str, str]:
+    """
+    C{"ready_ms@twistd"} of C{ours} is C{"ready_ms"} of C{ours-twistd}: a
+    variant of an implementation is recorded under its own name.
+    """
     if "@" in field:
         field, variant = field.split("@")
-        if impl != "ours":
-            return "—"
-        impl = f"ours-{variant}"
+        return f"{impl}-{variant}", field
+    return impl, field
+
+
+def cell(results: dict[str, Any], scenario: str, impl: str, field: str) -> str:
+    """
+    One table cell: C{field} may be C{"a|b"} (shown C{"a / b"}) and may name
+    a variant (C{"field@variant"}); "—" if nothing was measured.
+    """
+    impl, field = _variant(impl, field)
     parts = [get(results, scenario, impl, f) for f in field.split("|")]
     if all(p is None for p in parts):
         return "—"
     return " / ".join(fmt(p) for p in parts)
 
 
-def ratio(results: dict, scenario: str, field: str) -> str:
-    if "|" in field:
-        field = field.split("|")[0]
-    if "@" in field:
-        return "—"
-    ours = get(results, scenario, "ours", field)
-    ref = get(results, scenario, "reference", field)
+def ratio(
+    results: dict[str, Any],
+    scenario: str,
+    field: str,
+    impl: str = "ours",
+    base: str = "reference",
+) -> str:
+    """
+    C{impl}'s figure over C{base}'s (the first of C{"a|b"}); "—" where one
+    is missing or zero, or for an added latency whose base is not positive
+    (the quotient would mean nothing).
+    """
+    field = field.split("|")[0]
+    impl, mineField = _variant(impl, field)
+    base, baseField = _variant(base, field)
+    mine = get(results, scenario, impl, mineField)
+    other = get(results, scenario, base, baseField)
     if (
-        not isinstance(ours, (int, float))
-        or not isinstance(ref, (int, float))
-        or not ref
+        not isinstance(mine, (int, float))
+        or not isinstance(other, (int, float))
+        or not other
     ):
         return "—"
-    if field.startswith("added_") and ref <= 0:
+    if mineField.startswith("added_") and other <= 0:
         return "—"
-    x = ours / ref
+    x = mine / other
     return "<0.01×" if 0 <= x < 0.01 else f"{x:.3g}×"
 
 
-Check = Callable[[dict], tuple[Any, str, bool | None]]
-
-
-def targets(r: dict) -> list[tuple[str, str, str, bool | None]]:
+def columnOrder(impls: list[str]) -> list[str]:
     """
-    (target, measured, bound, pass) for every target of the issue.
+    The columns of RESULTS.md: direct, ours, then the implementations
+    defined on the command line (next to ours, which they are compared
+    with), then the reference and nginx.
+    """
+    extras = [i for i in impls if i not in COLUMNS]
+    head = [c for c in COLUMNS[:2] if c in impls]
+    return head + extras + [c for c in COLUMNS[2:] if c in impls]
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """
+    (target, measured, bound, pass) for every target of the issue; pass is
+    C{None} where it was not measured (so a partial run misses nothing).
+    Targets are about ours only.
     """
     out: list[tuple[str, str, str, bool | None]] = []
 
@@ -302,16 +363,51 @@ def targets(r: dict) -> list[tuple[str, str, str, bool | None]]:
     return out
 
 
-def write_reports(bench: Any, scenarios: list[str]) -> None:
-    r = bench.results
-    m = bench.machine
-    dest = Path(bench.args.results)
-    impls = [c for c in COLUMNS if c in bench.impls]
+@dataclass
+class Report:
+    """
+    Everything RESULTS.md and results.json are made of.
+
+    @ivar impls: the implementations measured, in any order.
+    @ivar only: the C{--only} of the run, for the "Generated by" line.
+    """
+
+    results: dict[str, Any]
+    machine: dict[str, Any]
+    notes: list[str]
+    impls: list[str]
+    quick: bool = False
+    only: str | None = None
+
+
+def _implementationLines(m: dict[str, Any], impls: list[str]) -> list[str]:
+    extra = m.get("extra_impls") or {}
     lines = [
+        "Implementations:",
+        f"- ours: {m.get('ours') or 'not measured'}"
+        # ours_env: the environment overrides of older runs, for --rereport.
+        + (f" with {m['ours_env']}" if m.get("ours_env") else ""),
+    ]
+    lines += [
+        f"- {i}: {extra.get(i) or 'not measured'}" for i in impls if i not in COLUMNS
+    ]
+    return lines + [
+        f"- reference: {m.get('reference') or 'not measured'}",
+        f"- nginx: {m.get('nginx') or 'not measured'} (key-injecting reverse proxy, "
+        "proxy_buffering off, HTTP/1.1 keep-alive upstream)",
+        "- throughput client: "
+        + (m.get("wrk") or "Python asyncio load generator (wrk not installed)"),
+        "",
+    ]
+
+
+def _header(rep: Report, impls: list[str]) -> list[str]:
+    m = rep.machine
+    return [
         "# Benchmark results",
         "",
-        f"Generated by `bench/run{' --quick' if bench.quick else ''}"
-        f"{' --only ' + bench.args.only if bench.args.only else ''}` on {m['date']}"
+        f"Generated by `bench/run{' --quick' if rep.quick else ''}"
+        f"{' --only ' + rep.only if rep.only else ''}` on {m['date']}"
         f" (git {m.get('git')}); the run took {m.get('duration_s')} s.",
         "",
         "Machine: "
@@ -324,43 +420,58 @@ def write_reports(bench: Any, scenarios: list[str]) -> None:
         "generators on CPU 1. 'direct' is the client talking to the upstream "
         "with no proxy (the floor).",
         "",
-        "Implementations:",
-        f"- ours: {m.get('ours') or 'not measured'}"
-        + (f" with {m['ours_env']}" if m.get("ours_env") else ""),
-        f"- reference: {m.get('reference') or 'not measured'}",
-        f"- nginx: {m.get('nginx') or 'not measured'} (key-injecting reverse proxy, "
-        "proxy_buffering off, HTTP/1.1 keep-alive upstream)",
-        "- throughput client: "
-        + (m.get("wrk") or "Python asyncio load generator (wrk not installed)"),
-        "",
+        *_implementationLines(m, impls),
     ]
-    if bench.notes:
-        lines += ["Notes:", *[f"- {n}" for n in bench.notes], ""]
+
+
+def _row(
+    r: dict[str, Any],
+    impls: list[str],
+    extras: list[str],
+    row: tuple[str, str, str, str | None],
+) -> str:
+    label, scenario, field, directField = row
+    cells = []
+    for impl in impls:
+        if impl != "direct":
+            cells.append(cell(r, scenario, impl, field))
+        elif not directField:
+            cells.append("—")
+        elif directField != field:
+            cells.append(f"({cell(r, scenario, 'direct', directField)} raw)")
+        else:
+            cells.append(cell(r, scenario, "direct", directField))
+    cells.append(ratio(r, scenario, field))
+    cells += [ratio(r, scenario, field, extra, "ours") for extra in extras]
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def renderResults(rep: Report) -> str:
+    """
+    RESULTS.md: the machine, the implementations, one table (metric ×
+    implementation, ratio ours / reference, and each defined implementation
+    / ours) and the targets.
+    """
+    r = rep.results
+    impls = columnOrder(rep.impls)
+    extras = [i for i in impls if i not in COLUMNS] if "ours" in impls else []
+    lines = _header(rep, impls)
+    if rep.notes:
+        lines += ["Notes:", *[f"- {n}" for n in rep.notes], ""]
     lines += [
         "Values are medians over repetitions (see bench/README.md). 'Added' SSE "
         "latencies: the implementation's p50/p99 minus direct's p50/p99, and its "
         "max minus direct's p50; the direct column shows the raw floor. "
-        "Ratio = ours / reference (of the first figure in 'a / b' cells).",
+        "Ratio = ours / reference (of the first figure in 'a / b' cells)"
+        + (", and X/ours the same for X." if extras else "."),
         "",
-        "| metric | " + " | ".join(impls) + " | ours/ref |",
-        "|---|" + "---|" * len(impls) + "---|",
+        "| metric | "
+        + " | ".join(impls)
+        + " | ours/ref |"
+        + "".join(f" {e}/ours |" for e in extras),
+        "|---|" + "---|" * (len(impls) + 1 + len(extras)),
     ]
-    for label, scenario, field, directField in ROWS:
-        if scenario not in r:
-            continue
-        cells = []
-        for impl in impls:
-            if impl == "direct":
-                cells.append(
-                    cell(r, scenario, "direct", directField) if directField else "—"
-                )
-                if directField and directField != field:
-                    cells[-1] = f"({cells[-1]} raw)"
-            else:
-                cells.append(cell(r, scenario, impl, field))
-        lines.append(
-            f"| {label} | " + " | ".join(cells) + f" | {ratio(r, scenario, field)} |"
-        )
+    lines += [_row(r, impls, extras, row) for row in ROWS if row[1] in r]
     lines += [
         "",
         "## Targets",
@@ -377,16 +488,31 @@ def write_reports(bench: Any, scenarios: list[str]) -> None:
         "one run, not across runs. The load average above says how busy it was.",
         "",
     ]
-    (dest / "RESULTS.md").write_text("\n".join(lines))
-    payload = {
-        "machine": m,
-        "notes": bench.notes,
-        "implementations": impls,
-        "scenarios": r,
+    return "\n".join(lines)
+
+
+def resultsPayload(rep: Report) -> dict[str, Any]:
+    """
+    results.json: everything measured, and enough to render RESULTS.md again.
+    """
+    return {
+        "machine": rep.machine,
+        "notes": rep.notes,
+        "implementations": columnOrder(rep.impls),
+        "scenarios": rep.results,
         "targets": [
             {"target": n, "ours": v, "bound": b, "pass": ok}
-            for n, v, b, ok in targets(r)
+            for n, v, b, ok in targets(rep.results)
         ],
     }
-    (dest / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (bench.out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def writeReports(rep: Report, dest: Path, runDir: Path) -> None:
+    """
+    Write RESULTS.md and results.json into C{dest}, and a copy of
+    results.json into the run's scratch directory C{runDir}.
+    """
+    (dest / "RESULTS.md").write_text(renderResults(rep))
+    payload = json.dumps(resultsPayload(rep), indent=1) + "\n"
+    (dest / "results.json").write_text(payload)
+    (runDir / "results.json").write_text(payload)

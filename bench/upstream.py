@@ -28,9 +28,11 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import signal
 import time
+from typing import cast
+
+from _procs import raiseFdLimit
 
 JSON_BODY = (
     b'{"id":"resp_bench","object":"response","status":"completed",'
@@ -60,8 +62,8 @@ class Conn(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(high=1 << 20, low=256 * 1024)  # type: ignore[attr-defined]
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=1 << 20, low=256 * 1024)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -216,14 +218,6 @@ class Conn(asyncio.Protocol):
             t.write(BIG_CHUNK[:n])
             remaining -= n
         self._responseDone()
-
-
-def raiseFdLimit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def main() -> None:

@@ -1,5 +1,5 @@
 -- wrk script: small non-streaming POST /v1/responses, and a one-line JSON
--- summary (WRKJSON ...) that bench/run.py parses. Latencies in microseconds.
+-- summary (WRKJSON ...) that bench/clients.py parses. Latencies in microseconds.
 wrk.method = "POST"
 wrk.body = '{"model":"gpt-bench","input":[{"role":"user","content":[{"type":"input_text","text":"Say hello."}]}],"stream":false}'
 wrk.headers["Content-Type"] = "application/json"
