@@ -19,11 +19,16 @@ import socket
 from typing import Any
 
 from twisted.internet import defer, fdesc, tcp, unix
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.error import AlreadyListened
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from responses_proxy.startup import StartupError
+
+_log = Logger()
 
 
 class _AdoptedUNIXPort(unix.Port):
@@ -35,12 +40,22 @@ class _AdoptedUNIXPort(unix.Port):
     _shouldShutdown = False
 
     def startListening(self) -> None:
-        self.factory.doStart()
+        # unix.Port.startListening on an inherited socket, minus its chmod.
+        # Kept in step with it: the reserved descriptor (EMFILE recovery on
+        # accept) and the "starting on" line.
+        tcp._reservedFD.reserve()
         skt = self._preexistingSocket
+        assert skt is not None and self.factory is not None
+        _log.info(
+            "{factory} starting on {address!r}",
+            factory=self.factory.__class__.__name__,
+            address=skt.getsockname(),
+        )
+        self.factory.doStart()
         self._preexistingSocket = None
         self.connected = True
         self.socket = skt
-        self.fileno = skt.fileno
+        self.fileno = skt.fileno  # type: ignore[method-assign]
         self.numberAccepts = 100
         self.startReading()
 
@@ -89,3 +104,24 @@ def adoptingSocketFiles(
     ):
         return AdoptedUNIXEndpoint(reactor, endpoint.fileno)
     return endpoint
+
+
+def serverEndpoint(
+    reactor: Any, listen: tuple[str, str]
+) -> tuple[IStreamServerEndpoint, str]:
+    """
+    The endpoint to listen on, from C{(endpoint string, description)}, and
+    its description.
+
+    @raise StartupError: the endpoint string is unusable, or names a
+        systemd socket that was not passed.
+    """
+    description, shown = listen
+    try:
+        endpoint = serverFromString(reactor, description)
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        message = f"invalid --listen endpoint {description!r}: {e}"
+        if description.startswith("systemd:"):
+            message += " (systemd passed no such socket; see LISTEN_FDNAMES)"
+        raise StartupError(message) from None
+    return adoptingSocketFiles(reactor, endpoint), shown

@@ -14,6 +14,7 @@ import os
 import re
 import select
 import stat
+import sys
 import termios
 import weakref
 from collections.abc import Callable, Iterator
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from twisted.logger import Logger
 
 from responses_proxy import _libc
+from responses_proxy.hardening import HardeningFailed, harden, secureModeRequested
+from responses_proxy.startup import StartupError
 
 MAX_KEY_LENGTH = 1016
 _KEY_PATTERN = re.compile(rb"[A-Za-z0-9_-]+")
@@ -58,6 +61,12 @@ class AuthHeader:
 
     def __repr__(self) -> str:
         return "<AuthHeader [REDACTED]>"
+
+    def currentHeader(self) -> bytes:
+        """
+        The C{Authorization} value to send (a key never changes).
+        """
+        return self.value
 
     def lock(self) -> None:
         """
@@ -246,3 +255,33 @@ def readAuthHeader(
             raise
         _log.warn("Could not mlock the API key buffer: {error}", error=str(e))
     return header
+
+
+def _terminalPrompt() -> None:
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(
+        "responses-api-proxy: reading the API key from the terminal, not echoed "
+        "(end it with Ctrl-D; better: pipe it in)\n"
+    )
+    stream.flush()
+
+
+def loadKey(stdinFD: int) -> AuthHeader:
+    """
+    Harden the process, then read the key from C{stdinFD}.
+
+    @raise StartupError: hardening failed in secure mode, or the key is
+        missing, malformed or cannot be locked in secure mode.
+    """
+    secure = secureModeRequested()
+    try:
+        harden(secure)
+        return readAuthHeader(stdinFD, requireLock=secure, prompt=_terminalPrompt)
+    except HardeningFailed as e:
+        raise StartupError(f"{e} (CODEX_SECURE_MODE=1 makes this fatal)") from None
+    except InvalidKey as e:
+        raise StartupError(str(e)) from None
+    except OSError as e:
+        raise StartupError(
+            f"cannot read or lock the API key: {e.strerror or e}"
+        ) from None

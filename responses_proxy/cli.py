@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from twisted.logger import globalLogBeginner, jsonFileLogObserver
+from twisted.logger import ILogObserver, globalLogBeginner, jsonFileLogObserver
 from twisted.python import usage
 
 from responses_proxy.logtext import TextLogObserver
@@ -55,13 +55,16 @@ def main(argv: list[str] | None = None) -> None:
 
     from responses_proxy.tap import makeService
 
+    observer: ILogObserver
     if config["log-format"] == "json":
         observer = jsonFileLogObserver(sys.stderr)
     else:
         observer = TextLogObserver(sys.stderr, reactor)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     try:
-        service = makeService(config, reactor=reactor)
+        # No reactor given: a process, as under twistd (start-up failures
+        # are one line and exit 1, signals drain).
+        service = makeService(config)
     except KeyboardInterrupt:
         # Ctrl-C while the key is typed at a terminal: no traceback.
         sys.stderr.write("\nresponses-api-proxy: interrupted\n")

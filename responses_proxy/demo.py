@@ -30,8 +30,9 @@ from treq.client import HTTPClient
 from twisted.internet import protocol, task
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 
-from responses_proxy.fakeupstream import makeSite
+from responses_proxy.demoupstream import makeSite
 
 DEMO_KEY = b"sk-demo-key-for-the-fake-upstream"
 STARTUP_TIMEOUT = 15.0
@@ -96,6 +97,7 @@ class _ProxyProcess(protocol.ProcessProtocol):
         self.ended: Deferred[int | None] = Deferred()
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(DEMO_KEY + b"\n")
         self.transport.closeStdin()
 
@@ -149,12 +151,14 @@ def streamThroughProxy(
     response = yield client.post(
         url,
         json={"model": "demo-model", "input": "Say hello", "stream": True},
-        headers={
-            "Accept": "text/event-stream",
-            # Understood by the fake upstream: space the events out so the
-            # streaming is visible.
-            "X-Fake-Interval-MS": str(intervalMS),
-        },
+        headers=Headers(
+            {
+                b"Accept": [b"text/event-stream"],
+                # Understood by the fake upstream: space the events out so
+                # the streaming is visible.
+                b"X-Fake-Interval-MS": [str(intervalMS).encode()],
+            }
+        ),
         unbuffered=True,
     )
     if response.code != 200:
@@ -226,7 +230,7 @@ def runDemo(reactor: Any, out: TextIO, err: TextIO) -> Any:
             raise DemoFailed(f"the proxy exited with status {code}")
         err.write("proxy stopped with GET /shutdown\n")
     except BaseException:
-        if not process.ended.called:
+        if not process.ended.called and process.transport is not None:
             process.transport.signalProcess("KILL")
             yield process.ended
         err.write(process.output.decode("utf-8", "replace"))

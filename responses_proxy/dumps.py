@@ -3,7 +3,8 @@
 Optional request/response dumps for debugging (C{--dump-dir}).
 
 Each exchange writes C{NNNNNN-<ms>-request.json} when it starts and
-C{NNNNNN-<ms>-response.json} when the stream ends or is aborted; the
+C{NNNNNN-<ms>-response.json} when the stream ends or is aborted (both name
+the caller: C{uid} and C{user}); the
 sequence number makes them sort in order, and each file appears complete
 (written under a hidden temporary name, then renamed). Files are written from a thread,
 never on the reactor, so dumping cannot delay the stream. Secrets are
@@ -25,6 +26,9 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
+
+from responses_proxy.record import ExchangeRecord
+from responses_proxy.startup import StartupError
 
 REDACTED = "[REDACTED]"
 # A response dump keeps at most this much body: dumping must not undo the
@@ -104,7 +108,22 @@ class DumpWriter:
         self._threadpool = threadpool
         self._sequence = itertools.count(_startingSequence(directory))
 
-    def _inThread(self, function: Callable[..., None], *args: Any) -> None:
+    @classmethod
+    def forDirectory(cls, directory: str, reactor: Any) -> DumpWriter:
+        """
+        The writer for C{--dump-dir}.
+
+        @raise StartupError: the directory cannot be made or read.
+        """
+        try:
+            return cls(directory, reactor)
+        except OSError as e:
+            raise StartupError(f"--dump-dir {directory}: {e.strerror or e}") from None
+
+    def inThread(self, function: Callable[..., None], *args: Any) -> None:
+        """
+        Run C{function(*args)} in the thread pool; log, never raise, a failure.
+        """
         pool = self._threadpool or self._reactor.getThreadPool()
         d = deferToThreadPool(self._reactor, pool, function, *args)
         d.addErrback(
@@ -113,23 +132,30 @@ class DumpWriter:
             )
         )
 
-    def startExchange(self, request: Request) -> ExchangeDump:
+    def startExchange(
+        self, request: Request, record: ExchangeRecord | None = None
+    ) -> ExchangeDump:
         """
-        Dump the request now and return the handle that collects the response.
+        Dump the request now and return the handle that collects the response
+        (an L{responses_proxy.forward.ExchangeObserver}).
         """
         prefix = os.path.join(
             self.directory, f"{next(self._sequence):06d}-{int(time.time() * 1000)}"
         )
-        request.content.seek(0)
-        body = request.content.read()
-        request.content.seek(0)
+        content = request.content
+        assert content is not None
+        content.seek(0)
+        body = content.read()
+        content.seek(0)
+        caller = _callerFields(record)
         document = {
             "method": request.method.decode("latin-1"),
             "url": request.uri.decode("latin-1"),
+            **caller,
             "headers": redactedHeaders(request.requestHeaders),
         }
-        self._inThread(_writeDump, prefix + "-request.json", document, body)
-        return ExchangeDump(self, prefix + "-response.json")
+        self.inThread(_writeDump, prefix + "-request.json", document, body)
+        return ExchangeDump(self, prefix + "-response.json", caller=caller)
 
 
 class ExchangeDump:
@@ -141,9 +167,14 @@ class ExchangeDump:
     """
 
     def __init__(
-        self, writer: DumpWriter, path: str, maxBody: int = MAX_DUMPED_RESPONSE_BODY
+        self,
+        writer: DumpWriter,
+        path: str,
+        maxBody: int = MAX_DUMPED_RESPONSE_BODY,
+        caller: dict[str, Any] | None = None,
     ) -> None:
         self._writer = writer
+        self._caller = caller or {}
         self._path = path
         self._maxBody = maxBody
         self._kept = 0
@@ -156,7 +187,7 @@ class ExchangeDump:
         self._status = status
         self._headers = redactedHeaders(headers)
 
-    def responseChunk(self, data: bytes) -> None:
+    def bodyReceived(self, data: bytes) -> None:
         self._total += len(data)
         room = self._maxBody - self._kept
         if room > 0:
@@ -164,17 +195,25 @@ class ExchangeDump:
             self._kept += len(kept)
             self._chunks.append(kept)
 
-    def finished(self, outcome: str) -> None:
+    def finished(self, record: ExchangeRecord) -> None:
         """
-        Write the response dump; C{outcome} says how the stream ended.
+        Write the response dump; C{record} says how the stream ended.
         """
+        outcome = record.outcome
         body = b"".join(self._chunks)
         self._chunks = []
         document = {
             "status": self._status,
             "outcome": outcome,
+            **self._caller,
             "headers": self._headers,
             "body_bytes": self._total,
             "body_truncated": self._total > self._kept,
         }
-        self._writer._inThread(_writeDump, self._path, document, body)
+        self._writer.inThread(_writeDump, self._path, document, body)
+
+
+def _callerFields(record: ExchangeRecord | None) -> dict[str, Any]:
+    if record is None:
+        return {"uid": None, "user": None}
+    return {"uid": record.caller.uid, "user": record.caller.user}

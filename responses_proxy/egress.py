@@ -35,7 +35,11 @@ from urllib.parse import unquote, urlsplit
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import TimeoutError
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import URI
@@ -178,16 +182,21 @@ class _TunnelProtocol(Protocol):
     that will use it (for us, TLS with HTTP inside), passing bytes through.
     """
 
-    def __init__(self, tunnel: TunnelEndpoint, factory: Factory) -> None:
+    def __init__(self, tunnel: TunnelEndpoint, factory: IProtocolFactory) -> None:
         self._tunnel = tunnel
         self._factory = factory
         self._buffer = b""
-        self._inner: Protocol | None = None
-        self.established: Deferred[Protocol] = Deferred(self._cancel)
+        self._inner: IProtocol | None = None
+        self.established: Deferred[IProtocol] = Deferred(self._cancel)
         self._timeout: Any = None
 
+    @property
+    def _socket(self) -> Any:
+        # The connected TCP transport (never None once connected).
+        return self.transport
+
     def connectionMade(self) -> None:
-        self.transport.write(self._tunnel.connectRequest())
+        self._socket.write(self._tunnel.connectRequest())
         self._timeout = self._tunnel.reactor.callLater(
             self._tunnel.timeout, self._timedOut
         )
@@ -196,9 +205,9 @@ class _TunnelProtocol(Protocol):
         self._timeout = None
         self._fail(TimeoutError(string="the egress proxy did not answer CONNECT"))
 
-    def _cancel(self, _: Deferred[Protocol]) -> None:
+    def _cancel(self, _: Deferred[IProtocol]) -> None:
         self._stopTimeout()
-        self.transport.abortConnection()
+        self._socket.abortConnection()
 
     def _stopTimeout(self) -> None:
         if self._timeout is not None:
@@ -209,7 +218,7 @@ class _TunnelProtocol(Protocol):
         self._stopTimeout()
         if not self.established.called:
             self.established.errback(Failure(reason))
-        self.transport.abortConnection()
+        self._socket.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._inner is not None:
@@ -236,11 +245,15 @@ class _TunnelProtocol(Protocol):
             )
             return
         self._stopTimeout()
-        self._inner = self._factory.buildProtocol(self.transport.getPeer())
-        self._inner.makeConnection(self.transport)
-        self.established.callback(self._inner)
+        inner = self._factory.buildProtocol(self._socket.getPeer())
+        if inner is None:
+            self._fail(EgressProxyError("no protocol for the tunnel"))
+            return
+        self._inner = inner
+        inner.makeConnection(self._socket)
+        self.established.callback(inner)
         if rest:
-            self._inner.dataReceived(rest)
+            inner.dataReceived(rest)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stopTimeout()
@@ -282,7 +295,7 @@ class TunnelEndpoint:
             lines.append(b"Proxy-Authorization: " + self.proxy.authorization)
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
-    def connect(self, protocolFactory: Factory) -> Deferred[Protocol]:
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         endpoint = HostnameEndpoint(
             self.reactor, self.proxy.host, self.proxy.port, timeout=self.timeout
         )
@@ -299,8 +312,11 @@ class TunnelEndpoint:
             message = f"cannot reach the egress proxy {where}: "
             return Failure(EgressProxyError(message + failure.getErrorMessage()))
 
-        connecting.addCallback(lambda tunnel: tunnel.established)
-        return connecting.addErrback(unreachable)
+        def established(tunnel: IProtocol) -> Deferred[IProtocol]:
+            assert isinstance(tunnel, _TunnelProtocol)
+            return tunnel.established
+
+        return connecting.addCallback(established).addErrback(unreachable)
 
 
 @implementer(IAgentEndpointFactory)

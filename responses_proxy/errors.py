@@ -35,17 +35,26 @@ def respondWithError(
     return body
 
 
-def rawErrorResponse(status: int, message: str, type: str, code: str) -> bytes:
+def rawErrorResponse(
+    status: int,
+    message: str,
+    type: str,
+    code: str,
+    extraHeaders: tuple[tuple[bytes, bytes], ...] = (),
+) -> bytes:
     """
     A complete C{Connection: close} HTTP/1.1 response, for errors raised while
     the request is still being read (no L{IRequest} can answer yet).
     """
     body = errorBody(message, type, code)
     reason = HTTPStatus(status).phrase.encode("ascii")
+    extra = b"".join(b"%s: %s\r\n" % (name, value) for name, value in extraHeaders)
     head = (
         b"HTTP/1.1 %d %s\r\n"
         b"Content-Type: application/json\r\n"
         b"Content-Length: %d\r\n"
+        b"Cache-Control: no-store\r\n"
+        b"%s"
         b"Connection: close\r\n\r\n"
-    ) % (status, reason, len(body))
+    ) % (status, reason, len(body), extra)
     return head + body

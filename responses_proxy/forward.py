@@ -14,108 +14,87 @@ Failure handling, by phase:
     truncated body can never look complete;
   - client gone: the pending upstream request is cancelled, or the upstream
     connection is closed if the body was streaming.
+
+What else watches an exchange (dumps, usage accounting) does so from beside
+the relay, as an L{ExchangeObserver}: it sees the answer's head and every
+relayed piece, and can neither delay nor change them.
 """
 
 from __future__ import annotations
 
-import io
-from typing import IO
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-from OpenSSL import SSL
-from service_identity import VerificationError
-from twisted.internet import error
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import FileBodyProducer, ResponseDone
+from twisted.web.client import ResponseDone
 from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.server import NOT_DONE_YET, Request
-from zope.interface import implementer
 
-from responses_proxy.apikey import AuthHeader
-from responses_proxy.dumps import DumpWriter, ExchangeDump
-from responses_proxy.eagerwrite import batchedWrites
-from responses_proxy.egress import EgressProxyError
+from responses_proxy.body import bodyLength
 from responses_proxy.errors import respondWithError
+from responses_proxy.faults import classifyUpstreamFailure
 from responses_proxy.headers import mirrorResponseHeaders, upstreamRequestHeaders
-from responses_proxy.upstream import UpstreamTarget
-
-# Bodies up to this size are sent in one write; larger ones are streamed
-# from the spooled file with flow control.
-_ONE_WRITE_LIMIT = 1 << 20
+from responses_proxy.record import Caller, ExchangeRecord, Exchanges
+from responses_proxy.target import UpstreamTarget
 
 
-@implementer(IBodyProducer)
-class _BytesBodyProducer:
+class Credential(Protocol):
     """
-    Send a small, already complete body in one write (no cooperator ticks).
+    Where the C{Authorization} value comes from: the key, or a token that
+    is renewed in the background.
     """
 
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
+    def currentHeader(self) -> bytes | None:
+        """
+        The value to send now, or L{None} when there is no valid one.
+        """
 
 
-def _bodyProducer(content: IO[bytes]) -> IBodyProducer:
-    content.seek(0, io.SEEK_END)
-    length = content.tell()
-    content.seek(0)
-    if length <= _ONE_WRITE_LIMIT:
-        return _BytesBodyProducer(content.read())
-    return FileBodyProducer(content)
-
-
-def _flattenReasons(failure: Failure) -> list[Failure]:
-    reasons = getattr(failure.value, "reasons", None)
-    if not reasons:
-        return [failure]
-    flat: list[Failure] = []
-    for reason in reasons:
-        flat.extend(_flattenReasons(reason))
-    return flat
-
-
-def classifyUpstreamFailure(failure: Failure) -> tuple[int, str, str]:
+class Upstream(Protocol):
     """
-    Map a failure to reach the upstream to C{(status, message, code)}.
-
-    The messages name the kind of fault only: never a header, never the key.
+    How an exchange reaches the upstream (L{responses_proxy.upstream.UpstreamClient}).
     """
-    for reason in [failure, *_flattenReasons(failure)]:
-        if reason.check(error.TimeoutError):
-            return 504, "connecting to the upstream timed out", "upstream_timeout"
-        if reason.check(VerificationError, SSL.Error):
-            return (
-                502,
-                "the upstream's TLS certificate failed verification",
-                "upstream_tls_error",
-            )
-        if reason.check(error.DNSLookupError):
-            return 502, "the upstream host name could not be resolved", "upstream_dns"
-        if reason.check(error.ConnectionRefusedError):
-            return 502, "the upstream refused the connection", "upstream_refused"
-        if reason.check(EgressProxyError):
-            return 502, "the egress proxy failed or refused", "egress_proxy_error"
-    return 502, "the upstream connection failed", "upstream_unavailable"
+
+    def request(self, url: bytes, headers: Headers, body: Any) -> Deferred[IResponse]:
+        """
+        POST C{body} (a file positioned anywhere) to C{url}.
+        """
 
 
-class _RelayBody(Protocol):
+class ExchangeObserver(Protocol):
+    """
+    Sees one exchange from beside the relay.
+    """
+
+    def responseStarted(self, status: int, headers: Headers) -> None:
+        """
+        The answer's status and headers, as relayed to the client.
+        """
+
+    def bodyReceived(self, data: bytes) -> None:
+        """
+        One piece of the answer's body, as relayed (never to be kept
+        by reference beyond what the observer needs).
+        """
+
+    def finished(self, record: ExchangeRecord) -> None:
+        """
+        The exchange ended; C{record} may still be annotated (e.g. with usage)
+        before the listeners of L{Exchanges} see it.
+        """
+
+
+ObserverFactory = Callable[[Request, ExchangeRecord], "ExchangeObserver | None"]
+
+
+class _RelayBody(TwistedProtocol):
     """
     Write upstream body bytes to the client as they arrive.
     """
@@ -124,7 +103,7 @@ class _RelayBody(Protocol):
         self._exchange = exchange
 
     def connectionMade(self) -> None:
-        self._exchange.upstreamBodyStarted(self.transport)
+        self._exchange.upstreamBodyStarted(self.transport)  # type: ignore[arg-type]
 
     def dataReceived(self, data: bytes) -> None:
         self._exchange.relay(data)
@@ -135,55 +114,67 @@ class _RelayBody(Protocol):
 
 class Forwarder:
     """
-    Everything an exchange needs that outlives it: the upstream, the client
-    Agent, the key and the optional dump writer.
+    Everything an exchange needs that outlives it: the upstream, the key
+    (or token), the registry of exchanges and the observers to attach.
     """
 
     def __init__(
         self,
         reactor: IReactorTime,
-        agent: IAgent,
+        upstream: Upstream,
         target: UpstreamTarget,
-        authorization: AuthHeader,
-        dumps: DumpWriter | None = None,
+        credential: Credential,
+        exchanges: Exchanges | None = None,
+        observers: Sequence[ObserverFactory] = (),
     ) -> None:
         self.reactor = reactor
-        self.agent = agent
+        self.upstream = upstream
         self.target = target
-        self.authorization = authorization
-        self.dumps = dumps
+        self.credential = credential
+        self.exchanges = Exchanges() if exchanges is None else exchanges
+        self.observers = list(observers)
 
-    def forward(self, request: Request) -> object:
+    def forward(
+        self, request: Request, caller: Caller, target: UpstreamTarget | None = None
+    ) -> object:
         """
-        Start forwarding C{request}; the answer is written asynchronously.
+        Start forwarding C{request} (to C{target}, by default the upstream
+        URL); the answer is written asynchronously.
         """
-        Exchange(self, request).start()
+        Exchange(self, request, caller, target or self.target).start()
         return NOT_DONE_YET
 
 
 class Exchange:
     """
     One request and its upstream answer: owns the Deferreds, the counters
-    and the one log event written when it ends.
+    and the record that ends it.
     """
 
     _log = Logger()
 
-    def __init__(self, forwarder: Forwarder, request: Request) -> None:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        request: Request,
+        caller: Caller,
+        target: UpstreamTarget,
+    ) -> None:
         self._forwarder = forwarder
         self._request = request
+        self._target = target
         self._started = forwarder.reactor.seconds()
         self._responseDeferred: Deferred[IResponse] | None = None
         self._upstreamTransport: IPushProducer | None = None
         self._clientGone = False
         self._ended = False
-        self.upstreamStatus: int | None = None
-        # The status the client was sent, once it was sent.
-        self.status: int | None = None
-        self.upstreamRequestId: str | None = None
-        self.bytesIn = 0
-        self.bytesOut = 0
-        self._dump: ExchangeDump | None = None
+        self._observers: list[ExchangeObserver] = []
+        self.record = ExchangeRecord(
+            method=request.method.decode("latin-1"),
+            path=request.uri.decode("latin-1"),
+            caller=caller,
+            forwarded=True,
+        )
         # An upstream answer whose body nobody has taken yet.
         self._undelivered: IResponse | None = None
 
@@ -193,17 +184,28 @@ class Exchange:
         """
         request = self._request
         forwarder = self._forwarder
+        forwarder.exchanges.begin(self, self.record.caller)
         request.notifyFinish().addErrback(self._clientDisconnected)
+        content = request.content
+        assert content is not None
+        self.record.bytesIn = bodyLength(content)
+        for observe in forwarder.observers:
+            observer = observe(request, self.record)
+            if observer is not None:
+                self._observers.append(observer)
+        authorization = forwarder.credential.currentHeader()
+        if authorization is None:
+            self._answerError(
+                503,
+                "the proxy has no valid upstream credential right now; try again later",
+                "upstream_auth_unavailable",
+                "upstream_error",
+            )
+            return
         headers = upstreamRequestHeaders(
-            request.requestHeaders,
-            forwarder.authorization.value,
-            forwarder.target.hostHeader,
+            request.requestHeaders, authorization, self._target.hostHeader
         )
-        body = _bodyProducer(request.content)
-        self.bytesIn = body.length
-        if forwarder.dumps is not None:
-            self._dump = forwarder.dumps.startExchange(request)
-        d = forwarder.agent.request(b"POST", forwarder.target.url, headers, body)
+        d = forwarder.upstream.request(self._target.url, headers, content)
         # Kept for cancelling until a callback below clears it. Not "if not
         # d.called": on a pooled connection d has fired already (with the
         # Deferred of the answer still to come), and a client leaving then
@@ -217,16 +219,17 @@ class Exchange:
     def _gotResponse(self, response: IResponse) -> None:
         self._responseDeferred = None
         self._undelivered = response
-        self.upstreamStatus = response.code
+        record = self.record
+        record.upstreamStatus = response.code
         requestIds = response.headers.getRawHeaders(b"x-request-id")
         if requestIds:
-            self.upstreamRequestId = requestIds[0].decode("latin-1")
+            record.requestID = requestIds[0].decode("latin-1")
         if self._clientGone:
             self._undelivered = None
             response.deliverBody(_Discard())
             return
         request = self._request
-        self.status = response.code
+        record.status = response.code
         request.setResponseCode(response.code, response.phrase)
         request.responseHeaders = type(response.headers)()
         mirrorResponseHeaders(response.headers, request.responseHeaders)
@@ -237,8 +240,8 @@ class Exchange:
                 b"content-length", [b"%d" % response.length]
             )
         request.defaultContentType = None
-        if self._dump is not None:
-            self._dump.responseStarted(response.code, request.responseHeaders)
+        for observer in self._observers:
+            observer.responseStarted(response.code, request.responseHeaders)
         self._undelivered = None
         response.deliverBody(_RelayBody(self))
 
@@ -253,14 +256,10 @@ class Exchange:
         """
         Pass one piece of upstream body to the client, unchanged.
         """
-        self.bytesOut += len(data)
-        if self._request.startedWriting:
-            self._request.write(data)
-        else:
-            with batchedWrites():  # the answer's head and first bytes: one send
-                self._request.write(data)
-        if self._dump is not None:
-            self._dump.responseChunk(data)
+        self.record.bytesOut += len(data)
+        self._request.write(data)
+        for observer in self._observers:
+            observer.bodyReceived(data)
 
     def upstreamBodyEnded(self, reason: Failure) -> None:
         """
@@ -275,8 +274,12 @@ class Exchange:
             request.finish()
             self._end("complete")
         else:
-            request.channel.transport.abortConnection()
+            self._abortClient()
             self._end("upstream_aborted")
+
+    def _abortClient(self) -> None:
+        channel: Any = self._request.channel
+        channel.transport.abortConnection()
 
     # Upstream never answered.
 
@@ -288,17 +291,24 @@ class Exchange:
         self._log.warn(
             "Upstream request failed: {kind}", kind=code, failure_type=failure.type
         )
+        self._answerError(status, message, code, "upstream_error")
+
+    def _answerError(self, status: int, message: str, code: str, outcome: str) -> None:
+        """
+        Answer the client ourselves (nothing of an upstream answer was sent).
+        """
         request = self._request
         request.responseHeaders = type(request.responseHeaders)()
-        self.status = status
+        self.record.status = status
+        self.record.code = code
         body = respondWithError(request, status, message, "upstream_error", code)
-        if self._dump is not None:
-            self._dump.responseStarted(status, request.responseHeaders)
-            self._dump.responseChunk(body)
+        for observer in self._observers:
+            observer.responseStarted(status, request.responseHeaders)
+            observer.bodyReceived(body)
         request.write(body)
         request.finish()
-        self.bytesOut = len(body)
-        self._end("upstream_error")
+        self.record.bytesOut = len(body)
+        self._end(outcome)
 
     # A bug of ours: never leave the client hanging.
 
@@ -311,25 +321,18 @@ class Exchange:
             self._undelivered = None
         if self._clientGone or self._ended:
             return
-        request = self._request
-        if request.startedWriting:
-            request.channel.transport.abortConnection()
+        if self._request.startedWriting:
+            self._abortClient()
+            self._end("proxy_error")
         else:
-            request.responseHeaders = type(request.responseHeaders)()
-            self.status = 502
-            body = respondWithError(
-                request,
+            self._answerError(
                 502,
                 "the proxy failed to relay the upstream's answer",
-                "upstream_error",
+                "proxy_error",
                 "proxy_error",
             )
-            request.write(body)
-            request.finish()
-            self.bytesOut = len(body)
-        self._end("proxy_error")
 
-    # Client went away.
+    # Client went away, or the proxy stops.
 
     def _clientDisconnected(self, reason: Failure) -> None:
         self._clientGone = True
@@ -340,34 +343,32 @@ class Exchange:
             self._upstreamTransport = None
         self._end("client_gone")
 
+    def abort(self, outcome: str) -> None:
+        """
+        Cut the exchange short (the proxy is stopping): the client sees a
+        truncated answer, never one that looks complete.
+        """
+        if self._ended:
+            return
+        self._end(outcome)
+        self._abortClient()
+
     def _end(self, outcome: str) -> None:
         if self._ended:
             return
         self._ended = True
-        duration = self._forwarder.reactor.seconds() - self._started
-        if self._dump is not None:
-            self._dump.finished(outcome)
-        self._log.info(
-            "{method} {path} -> {status} ({outcome}, upstream {upstream_status}, "
-            "{bytes_in} B in, {bytes_out} B out, {duration_ms:.1f} ms, "
-            "x-request-id {request_id})",
-            method="POST",
-            path="/v1/responses",
-            status=self.status,
-            outcome=outcome,
-            upstream_status=self.upstreamStatus,
-            bytes_in=self.bytesIn,
-            bytes_out=self.bytesOut,
-            duration_ms=duration * 1000,
-            request_id=self.upstreamRequestId,
-            exchange=True,
-        )
+        record = self.record
+        record.outcome = outcome
+        record.durationMS = (self._forwarder.reactor.seconds() - self._started) * 1000
+        for observer in self._observers:
+            observer.finished(record)
+        self._forwarder.exchanges.end(self, record)
 
 
-class _Discard(Protocol):
+class _Discard(TwistedProtocol):
     """
     Drop a body nobody will read; closes the upstream connection at once.
     """
 
     def connectionMade(self) -> None:
-        self.transport.stopProducing()
+        self.transport.stopProducing()  # type: ignore[union-attr]

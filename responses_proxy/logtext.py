@@ -38,7 +38,10 @@ class TextLogObserver:
         self._stamp = ""
         reactor.addSystemEventTrigger("after", "shutdown", self.flush)
 
-    def _timestamp(self, when: float) -> str:
+    def _timestamp(self, when: float | None) -> str:
+        if when is None:
+            # What Twisted's own formatTime shows for an event without a time.
+            return "-"
         second = int(when)
         if second != self._second:
             self._second = second

@@ -1,6 +1,9 @@
 # -*- test-case-name: tests.test_options -*-
 """
 Command-line options, shared by the twistd plugin and the console script.
+
+Light on purpose: parsing them (and C{--help}, and every usage error) loads
+only C{twisted.python.usage} and the standard library, not the HTTP stack.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import sys
 
 from twisted.python import usage
 
-from responses_proxy.site import DEFAULT_MAX_REQUEST_BODY, DEFAULT_REQUEST_TIMEOUT
-from responses_proxy.upstream import (
-    DEFAULT_UPSTREAM_URL,
-    BadUpstreamURL,
-    UpstreamTarget,
+from responses_proxy.defaults import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_MAX_REQUEST_BODY,
+    DEFAULT_REQUEST_TIMEOUT,
 )
+from responses_proxy.target import DEFAULT_UPSTREAM_URL, BadUpstreamURL, UpstreamTarget
 
 
 def _port(value: str) -> int:
@@ -37,6 +41,19 @@ def _positive(name: str, kind: type) -> object:
             raise usage.UsageError(f"{name} must be a number, not {value!r}") from None
         if number <= 0:
             raise usage.UsageError(f"{name} must be greater than 0")
+        return number
+
+    return convert
+
+
+def _nonNegative(name: str, kind: type) -> object:
+    def convert(value: str) -> object:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise usage.UsageError(f"{name} must be a number, not {value!r}") from None
+        if number < 0:
+            raise usage.UsageError(f"{name} must not be negative")
         return number
 
     return convert
@@ -155,9 +172,18 @@ class ProxyOptions(usage.Options):
         [
             "connect-timeout",
             None,
-            30.0,
+            DEFAULT_CONNECT_TIMEOUT,
             "Seconds to wait for the upstream connection (then 504).",
             _positive("--connect-timeout", float),
+        ],
+        [
+            "drain-timeout",
+            None,
+            DEFAULT_DRAIN_TIMEOUT,
+            "On SIGTERM, SIGINT or GET /shutdown: stop accepting at once, let "
+            "the exchanges in flight finish for up to this many seconds, then "
+            "cut what is left. 0 stops at once.",
+            _nonNegative("--drain-timeout", float),
         ],
     ]
 
@@ -165,8 +191,9 @@ class ProxyOptions(usage.Options):
         """
         Display the proxy's (and Twisted's) version and exit.
         """
-        from responses_proxy import __version__
         from twisted import version as twistedVersion
+
+        from responses_proxy import __version__
 
         print(f"responses-api-proxy {__version__} (Twisted {twistedVersion.short()})")
         sys.exit(0)
@@ -180,10 +207,14 @@ class ProxyOptions(usage.Options):
             raise usage.UsageError(f"--upstream-url: {e}") from None
         if self["listen"] is not None:
             checkLoopbackListen(self["listen"])
-        if self["listen"] is None:
-            port = self["port"] if self["port"] is not None else 0
-            # Twisted's default backlog of 50 drops SYNs under a burst of
-            # connections (each retried only after 1 s); 511 is nginx's.
-            self["listen"] = f"tcp:{port}:interface=127.0.0.1:backlog=511"
-            # What error messages call it (not the endpoint's internals).
-            self["listen-description"] = f"127.0.0.1:{port}"
+
+    def listenDescription(self) -> tuple[str, str]:
+        """
+        The endpoint to listen on, and what error messages call it.
+        """
+        if self["listen"] is not None:
+            return self["listen"], self["listen"]
+        port = self["port"] if self["port"] is not None else 0
+        # Twisted's default backlog of 50 drops SYNs under a burst of
+        # connections (each retried only after 1 s); 511 is nginx's.
+        return f"tcp:{port}:interface=127.0.0.1:backlog=511", f"127.0.0.1:{port}"

@@ -18,6 +18,7 @@ from twisted.web.server import Request
 
 from responses_proxy.errors import respondWithError
 from responses_proxy.forward import Forwarder
+from responses_proxy.record import UNKNOWN_CALLER, ExchangeRecord, Exchanges
 
 RESPONSES_PATH = b"/v1/responses"
 SHUTDOWN_PATH = b"/shutdown"
@@ -25,39 +26,59 @@ SHUTDOWN_PATH = b"/shutdown"
 _log = Logger()
 
 
-def _printable(raw: bytes, limit: int = 200) -> str:
+def printable(raw: bytes, limit: int = 200) -> str:
+    """
+    C{raw} as text safe for a log line: at most C{limit} bytes, escaped.
+    """
     text = raw[:limit].decode("latin-1")
     return text.encode("unicode_escape").decode("ascii")
 
 
-def forbid(request: Request) -> bytes:
+class Refusals:
     """
-    Answer 403 with a JSON error, and log the rejection with the same
-    fields as a forwarded exchange.
+    Answers the proxy gives itself without forwarding, each recorded like
+    an exchange.
     """
-    body = respondWithError(
-        request,
-        403,
-        "Only POST /v1/responses is allowed through this proxy.",
-        "invalid_request_error",
-        "forbidden",
-    )
-    content = request.content
-    bytesIn = content.seek(0, 2) if content is not None else 0
-    _log.info(
-        "{method} {path} -> 403 (rejected)",
-        method=_printable(request.method, 20),
-        path=_printable(request.uri),
-        status=403,
-        outcome="rejected",
-        upstream_status=None,
-        bytes_in=bytesIn,
-        bytes_out=len(body),
-        duration_ms=0.0,
-        request_id=None,
-        exchange=True,
-    )
-    return body
+
+    def __init__(self, exchanges: Exchanges) -> None:
+        self.exchanges = exchanges
+
+    def refuse(
+        self,
+        request: Request,
+        status: int,
+        message: str,
+        code: str,
+        type: str = "invalid_request_error",
+    ) -> bytes:
+        """
+        Answer C{status} with a JSON error, and record the refusal.
+        """
+        body = respondWithError(request, status, message, type, code)
+        content = request.content
+        record = ExchangeRecord(
+            method=printable(request.method, 20),
+            path=printable(request.uri),
+            caller=getattr(request, "caller", UNKNOWN_CALLER),
+            status=status,
+            outcome="rejected",
+            code=code,
+            bytesIn=content.seek(0, 2) if content is not None else 0,
+            bytesOut=len(body),
+        )
+        self.exchanges.told(record)
+        return body
+
+    def forbid(self, request: Request) -> bytes:
+        """
+        The 403 for everything that is not C{POST /v1/responses}.
+        """
+        return self.refuse(
+            request,
+            403,
+            "Only POST /v1/responses is allowed through this proxy.",
+            "forbidden",
+        )
 
 
 class ForbiddenResource(Resource):
@@ -67,11 +88,12 @@ class ForbiddenResource(Resource):
 
     isLeaf = True
 
+    def __init__(self, refusals: Refusals) -> None:
+        super().__init__()
+        self._refusals = refusals
+
     def render(self, request: Request) -> bytes:
-        return forbid(request)
-
-
-_FORBIDDEN = ForbiddenResource()
+        return self._refusals.forbid(request)
 
 
 class StrictResource(Resource):
@@ -79,11 +101,16 @@ class StrictResource(Resource):
     A node whose unknown children, and whose own rendering, are forbidden.
     """
 
+    def __init__(self, refusals: Refusals) -> None:
+        super().__init__()
+        self.refusals = refusals
+        self._forbidden = ForbiddenResource(refusals)
+
     def getChild(self, path: bytes, request: Request) -> Resource:
-        return _FORBIDDEN
+        return self._forbidden
 
     def render(self, request: Request) -> bytes:
-        return forbid(request)
+        return self.refusals.forbid(request)
 
 
 class ResponsesResource(StrictResource):
@@ -91,14 +118,16 @@ class ResponsesResource(StrictResource):
     C{/v1/responses}: forwards exactly C{POST /v1/responses}.
     """
 
-    def __init__(self, forwarder: Forwarder) -> None:
-        super().__init__()
+    def __init__(self, refusals: Refusals, forwarder: Forwarder) -> None:
+        super().__init__(refusals)
         self._forwarder = forwarder
 
-    def render(self, request: Request) -> object:
+    def render(self, request: Request) -> bytes | int:  # type: ignore[override]
         if request.method == b"POST" and request.uri == RESPONSES_PATH:
-            return self._forwarder.forward(request)
-        return forbid(request)
+            result = self._forwarder.forward(request, request.caller)  # type: ignore[attr-defined]
+            assert isinstance(result, int)
+            return result
+        return self.refusals.forbid(request)
 
 
 class ShutdownResource(StrictResource):
@@ -106,13 +135,13 @@ class ShutdownResource(StrictResource):
     C{/shutdown}: exactly C{GET /shutdown} answers 200, then stops the process.
     """
 
-    def __init__(self, shutdown: Callable[[], object]) -> None:
-        super().__init__()
+    def __init__(self, refusals: Refusals, shutdown: Callable[[], object]) -> None:
+        super().__init__(refusals)
         self._shutdown = shutdown
 
     def render(self, request: Request) -> bytes:
         if request.method != b"GET" or request.uri != SHUTDOWN_PATH:
-            return forbid(request)
+            return self.refusals.forbid(request)
         _log.info("Shutdown requested over HTTP", status=200, outcome="shutdown")
         request.notifyFinish().addBoth(lambda _: self._shutdown())
         request.setHeader(b"content-type", b"application/json")
@@ -126,10 +155,11 @@ def buildRoot(
     """
     The tree: C{/v1/responses}, plus C{/shutdown} when C{shutdown} is given.
     """
-    root = StrictResource()
-    v1 = StrictResource()
-    v1.putChild(b"responses", ResponsesResource(forwarder))
+    refusals = Refusals(forwarder.exchanges)
+    root = StrictResource(refusals)
+    v1 = StrictResource(refusals)
+    v1.putChild(b"responses", ResponsesResource(refusals, forwarder))
     root.putChild(b"v1", v1)
     if shutdown is not None:
-        root.putChild(b"shutdown", ShutdownResource(shutdown))
+        root.putChild(b"shutdown", ShutdownResource(refusals, shutdown))
     return root

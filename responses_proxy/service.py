@@ -1,21 +1,23 @@
 # -*- test-case-name: tests.test_service -*-
 """
-The listening service: binds, then announces where it listens.
+The proxy's services: the listener, and the top service that stops them
+with a drain.
 
-Order matters for clients that wait on it: the port is listening first, then
-the server-info file is written, then systemd is told C{READY=1}. A failure
-to bind or to write the file raises L{StartupError} synchronously, so both
-twistd and the console script exit non-zero with one clear line instead of
-running with nothing listening.
+Order matters for clients that wait on the listener: the port is listening
+first, then the server-info file is written, then systemd is told
+C{READY=1}. A failure to bind or to write the file raises L{StartupError}
+synchronously, so both twistd and the console script exit non-zero with one
+clear line instead of running with nothing listening.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,12 +29,7 @@ from responses_proxy.serverinfo import (
     serverInfoLine,
     writeServerInfo,
 )
-
-
-class StartupError(Exception):
-    """
-    The proxy cannot start; C{str()} is the one line to show the operator.
-    """
+from responses_proxy.startup import StartupError
 
 
 def describeListenFailure(failure: Failure, description: str) -> str:
@@ -111,16 +108,70 @@ class ProxyService(Service):
             return None
         return getattr(self.port.getHost(), "port", None)
 
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
+    def stopAccepting(self) -> Deferred[None]:
+        """
+        Stop listening, remove server-info and tell systemd C{STOPPING=1}
+        (once; later calls do nothing).
+        """
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
         sdnotify.notify("STOPPING=1")
         if self.serverInfoPath and self._serverInfoIdentity:
             removeServerInfo(self.serverInfoPath, self._serverInfoIdentity)
             self._serverInfoIdentity = None
-        port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        return maybeDeferred(port.stopListening)
+        stopping = port.stopListening()
+        return stopping if isinstance(stopping, Deferred) else succeed(None)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.stopAccepting()
+
+
+class ProxyApplicationService(MultiService):
+    """
+    The proxy: its services, and how it stops.
+
+    @ivar drain: makes the drain that L{shutdown} runs.
+    @ivar stop: what ends the process once drained (C{reactor.stop} for a
+        real process).
+    @ivar listener: the listening service, once added.
+    """
+
+    listener: ProxyService | None = None
+
+    def __init__(
+        self,
+        drain: Callable[[float], Any],
+        drainTimeout: float,
+        stop: Callable[[], object],
+    ) -> None:
+        super().__init__()
+        self._makeDrain = drain
+        self._drainTimeout = drainTimeout
+        self._stop = stop
+        self._drain: Any = None
+
+    def shutdown(self) -> Deferred[None]:
+        """
+        Drain (for up to the drain timeout), then stop; what SIGTERM and
+        C{GET /shutdown} do. Fires when drained.
+        """
+        if self._drain is None:
+            self._drain = self._makeDrain(self._drainTimeout)
+            self._drain.start().addCallback(lambda _: self._stop())
+        result: Deferred[None] = self._drain.start()
+        return result
+
+    def stopNow(self) -> None:
+        """
+        Abort whatever is in flight and stop.
+        """
+        if self._drain is None:
+            self._drain = self._makeDrain(0)
+            self._drain.start().addCallback(lambda _: self._stop())
+        else:
+            self._drain.now()
 
 
 def _formatAddress(address: Any) -> str:
@@ -130,3 +181,17 @@ def _formatAddress(address: Any) -> str:
         return f"{host}:{port}"
     name = getattr(address, "name", None)
     return name.decode() if isinstance(name, bytes) else str(name or address)
+
+
+class ClosingService(Service):
+    """
+    Calls C{close} when the proxy stops (e.g. to close idle upstream
+    connections), and waits for the Deferred it returns.
+    """
+
+    def __init__(self, close: Callable[[], Deferred[None]]) -> None:
+        self._close = close
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._close()

@@ -26,24 +26,41 @@ while they are still being read.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
-from responses_proxy.eagerwrite import sendEagerly
-from responses_proxy.errors import rawErrorResponse
+from responses_proxy.defaults import (
+    DEFAULT_MAX_REQUEST_BODY,
+    DEFAULT_REQUEST_TIMEOUT,
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
+)
+from responses_proxy.eagerwrite import batchedWrites, sendEagerly
+from responses_proxy.errors import errorBody, rawErrorResponse
+from responses_proxy.record import UNKNOWN_CALLER, Caller
 
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_log = Logger()
 
-DEFAULT_MAX_REQUEST_BODY = 64 * 1024 * 1024
-DEFAULT_REQUEST_TIMEOUT = 60.0
-# The request line plus all header lines, and the number of header lines.
-MAX_HEADER_BYTES = 16384
-MAX_HEADERS = 500
+# Re-exported for the tests that name the limits.
+__all__ = [
+    "DEFAULT_MAX_REQUEST_BODY",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "MAX_HEADER_BYTES",
+    "MAX_HEADERS",
+    "ProxyChannel",
+    "ProxyRequest",
+    "ProxySite",
+]
 
 
 class ProxyRequest(server.Request):
@@ -53,6 +70,7 @@ class ProxyRequest(server.Request):
 
     _received = 0
     _refused = False
+    channel: ProxyChannel
 
     def _refuseTooLarge(self) -> None:
         self._refused = True
@@ -100,6 +118,39 @@ class ProxyRequest(server.Request):
         except BaseException:
             self.processingFailed(Failure())
 
+    def processingFailed(self, reason: Failure) -> None:
+        """
+        A bug of ours while rendering: log it, and answer a JSON 500 (never
+        twisted.web's HTML page, which would also show the traceback).
+        """
+        _log.failure("Rendering {uri} failed", reason, uri=self.uri)
+        if self.startedWriting:
+            self.channel.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        body = errorBody(
+            "The proxy failed to handle the request.", "server_error", "proxy_error"
+        )
+        self.responseHeaders = type(self.responseHeaders)()
+        self.setResponseCode(500)
+        self.setHeader(b"content-type", b"application/json")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
+    @property
+    def caller(self) -> Caller:
+        """
+        Who sent this request (determined when its connection was accepted).
+        """
+        return self.channel.caller
+
+    def write(self, data: bytes) -> None:
+        if self.startedWriting:
+            super().write(data)
+        else:
+            with batchedWrites():  # the answer's head and first bytes: one send
+                super().write(data)
+
 
 class ProxyChannel(http.HTTPChannel):
     """
@@ -113,17 +164,59 @@ class ProxyChannel(http.HTTPChannel):
     # No single line may be longer than the whole head may be.
     MAX_LENGTH = MAX_HEADER_BYTES
     _host: IAddress | None = None
+    caller: Caller = UNKNOWN_CALLER
+    _draining = False
 
     def getHost(self) -> IAddress:
         # Every Request asks; one getsockname(2) per connection is enough.
         if self._host is None:
-            self._host = self.transport.getHost()
+            self._host = self.transport.getHost()  # type: ignore[union-attr]
         return self._host
 
     def connectionMade(self) -> None:
         sendEagerly(self.transport)
+        self.caller = self.site.identify(self.transport)
         super().connectionMade()
+        self.site.channelOpened(self)
         self._startDeadline()
+
+    # Draining: idle connections close now, busy ones after their answer.
+
+    def isIdle(self) -> bool:
+        """
+        No request is under way on this connection, not even partly received.
+        """
+        return not self.requests and not self._buffer
+
+    def startDraining(self) -> None:
+        """
+        Close now if idle; otherwise close once the request under way is
+        answered (and say so in its answer, if it has not started yet).
+        """
+        self._draining = True
+        if self.isIdle():
+            # Whatever arrives from now on is not read as a request.
+            self._refused = True
+            self.loseConnection()
+            return
+        self.persistent = False
+        for request in self.requests:
+            if not request.startedWriting:
+                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        # twisted.web splits Connection on spaces only, so it misses the
+        # "close" of "Connection: close, X-Foo"; and a draining proxy keeps
+        # no connection open.
+        tokens = {
+            token.strip().lower()
+            for value in request.requestHeaders.getRawHeaders(b"connection", [])
+            for token in value.split(b",")
+        }
+        if self._draining or b"close" in tokens or version != b"HTTP/1.1":
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return True
 
     def _startDeadline(self) -> None:
         self._cancelDeadline()
@@ -136,9 +229,14 @@ class ProxyChannel(http.HTTPChannel):
             self._deadline.cancel()
         self._deadline = None
 
+    def _abort(self) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
     def _requestTimedOut(self) -> None:
         self._deadline = None
-        self.transport.abortConnection()
+        self._abort()
 
     # A client that stops reading. The transport pauses us when its send
     # buffer is full and resumes us when it drains.
@@ -162,7 +260,7 @@ class ProxyChannel(http.HTTPChannel):
 
     def _readerStalled(self) -> None:
         self._stalled = None
-        self.transport.abortConnection()
+        self._abort()
 
     def allContentReceived(self) -> None:
         self._cancelDeadline()
@@ -173,14 +271,17 @@ class ProxyChannel(http.HTTPChannel):
         if not self._handlingRequest and self.transport is not None:
             self._startDeadline()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelDeadline()
         self._cancelStalled()
         super().connectionLost(reason)
+        self.site.channelClosed(self)
 
     # Strict parsing of the request head.
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
         super().dataReceived(data)
         # Whatever is still buffered in line mode is an unfinished head line;
         # a LF in it cannot be part of a CRLF, so the client uses bare LFs.
@@ -188,6 +289,8 @@ class ProxyChannel(http.HTTPChannel):
             self._badRequest("bare LF line ending")
 
     def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
         if b"\n" in line or b"\r" in line:
             self._badRequest("bare CR or LF line ending")
         elif line[:1] in (b" ", b"\t"):
@@ -196,6 +299,11 @@ class ProxyChannel(http.HTTPChannel):
             self._headTooLarge()
         else:
             super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().rawDataReceived(data)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._headTooLarge()
@@ -246,10 +354,8 @@ class ProxyChannel(http.HTTPChannel):
             return
         self._refused = True
         self._cancelDeadline()
-        self.transport.write(response)
+        self.transport.write(response)  # type: ignore[union-attr]
         self.loseConnection()
-        self.dataReceived = lambda data: None  # type: ignore[method-assign]
-        self.lineReceived = lambda line: None  # type: ignore[method-assign]
 
 
 class ProxySite(server.Site):
@@ -259,7 +365,7 @@ class ProxySite(server.Site):
     """
 
     requestFactory = ProxyRequest
-    protocol = ProxyChannel
+    protocol = ProxyChannel  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -268,6 +374,7 @@ class ProxySite(server.Site):
         *,
         maxRequestBody: int = DEFAULT_MAX_REQUEST_BODY,
         requestTimeout: float = DEFAULT_REQUEST_TIMEOUT,
+        identify: Callable[[Any], Caller] | None = None,
     ) -> None:
         super().__init__(
             resource,
@@ -278,6 +385,59 @@ class ProxySite(server.Site):
         )
         self.maxRequestBody = maxRequestBody
         self.requestTimeout = requestTimeout
+        self._identify = identify
+        self.channels: set[ProxyChannel] = set()
+        self._emptied: list[Deferred[None]] = []
+        self._draining = False
 
     def log(self, request: Any) -> None:
         pass
+
+    def identify(self, transport: Any) -> Caller:
+        """
+        Who is on the other end of a newly accepted connection.
+        """
+        if self._identify is None:
+            return UNKNOWN_CALLER
+        return self._identify(transport)
+
+    # The open client connections, for the drain.
+
+    def channelOpened(self, channel: ProxyChannel) -> None:
+        self.channels.add(channel)
+        if self._draining:
+            channel.startDraining()
+
+    def channelClosed(self, channel: ProxyChannel) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            emptied, self._emptied = self._emptied, []
+            for d in emptied:
+                d.callback(None)
+
+    def startDraining(self) -> None:
+        """
+        Close idle connections; busy ones close after their current answer.
+        """
+        self._draining = True
+        for channel in list(self.channels):
+            channel.startDraining()
+
+    def whenNoConnections(self) -> Deferred[None]:
+        """
+        Fire once no client connection is open.
+        """
+        if not self.channels:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._emptied.append(d)
+        return d
+
+    def abortConnections(self) -> None:
+        """
+        Abort every client connection still open.
+        """
+        for channel in list(self.channels):
+            transport: Any = channel.transport
+            if transport is not None:
+                transport.abortConnection()

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_upstream_tls,tests.test_egress -*-
+# -*- test-case-name: tests.test_upstream,tests.test_upstream_tls,tests.test_egress -*-
 """
-Where requests go: the upstream URL and the HTTP client that reaches it.
+The HTTP client that reaches the upstream.
 
 The client is a bare L{twisted.web.client.Agent}, deliberately not
 C{treq.HTTPClient}: treq's request path always wraps C{ContentDecoderAgent}
@@ -15,94 +15,52 @@ CA certificates in C{--upstream-ca} (else C{$SSL_CERT_FILE}) when given.
 Egress: the upstream may be reached through an HTTP proxy named by the usual
 environment variables (see L{responses_proxy.egress}); both are read once,
 at startup.
+
+Connections are pooled (see L{responses_proxy.upstreamconn} for what each
+one checks of the answers it reads). A request sent on a *reused*
+connection that the upstream closed before answering (its idle timer and
+our request crossed) is sent once more, on a fresh connection; nothing is
+ever retried once a byte of the answer arrived, nor after a fresh
+connection failed. That is the rule browsers apply to POST.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IReactorTime
-from twisted.web._newclient import HTTP11ClientProtocol
-from twisted.web.client import (
-    URI,
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    ProxyAgent,
-    _HTTP11ClientFactory,
-)
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, ProxyAgent
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS, IResponse
+from zope.interface import implementer
 
-from responses_proxy.eagerwrite import sendEagerly
+from responses_proxy.body import bodyProducer
 from responses_proxy.egress import (
     EgressProxy,
     ProxyAuthorizingAgent,
     TunnellingEndpointFactory,
     proxyFromEnvironment,
 )
+from responses_proxy.startup import StartupError
+from responses_proxy.target import UpstreamTarget
+from responses_proxy.upstreamconn import StaleConnection, UpstreamPool
 
-DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1/responses"
+if TYPE_CHECKING:
+    # Only for the annotation: Twisted exports no public name for it.
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
 
-
-class BadUpstreamURL(ValueError):
-    """
-    C{--upstream-url} is not an absolute http(s) URL.
-    """
-
-
-@dataclass(frozen=True)
-class UpstreamTarget:
-    """
-    The parsed C{--upstream-url}.
-
-    @ivar url: the URL as bytes, query string included, sent as-is.
-    @ivar hostHeader: C{host[:port]} as the upstream expects it in C{Host}.
-    """
-
-    url: bytes
-    scheme: str
-    host: str
-    port: int
-    hostHeader: bytes
-
-    @classmethod
-    def fromString(cls, url: str) -> UpstreamTarget:
-        """
-        Parse and check an absolute http(s) URL.
-        """
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as e:
-            raise BadUpstreamURL(f"invalid upstream URL {url!r}: {e}") from e
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BadUpstreamURL(
-                f"upstream URL must be an absolute http:// or https:// URL: {url!r}"
-            )
-        if parts.username is not None or parts.password is not None:
-            raise BadUpstreamURL("upstream URL must not contain credentials")
-        if parts.fragment:
-            raise BadUpstreamURL(f"upstream URL must not have a fragment: {url!r}")
-        if any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in url):
-            raise BadUpstreamURL(f"upstream URL must be ASCII without spaces: {url!r}")
-        default = 443 if parts.scheme == "https" else 80
-        return cls(
-            url=url.encode("ascii"),
-            scheme=parts.scheme,
-            host=parts.hostname,
-            port=port or default,
-            hostHeader=parts.netloc.encode("ascii"),
-        )
+_log = Logger()
 
 
-def loadTrustRoot(caFile: str) -> ssl.IOpenSSLTrustRoot:
+def loadTrustRoot(caFile: str) -> IOpenSSLTrustRoot:
     """
     Trust exactly the PEM certificates in C{caFile}.
 
@@ -114,103 +72,102 @@ def loadTrustRoot(caFile: str) -> ssl.IOpenSSLTrustRoot:
     blocks = [block + marker for block in pem.split(marker) if b"-----BEGIN" in block]
     if not blocks:
         raise ValueError(f"no PEM certificate found in {caFile}")
-    return ssl.trustRootFromCertificates(
+    trustRoot: IOpenSSLTrustRoot = ssl.trustRootFromCertificates(
         [ssl.Certificate.loadPEM(block) for block in blocks]
     )
+    return trustRoot
 
 
-class _UpstreamProtocol(HTTP11ClientProtocol):
+@implementer(IAgentEndpointFactory)
+class DirectEndpointFactory:
     """
-    An upstream connection with Nagle's algorithm off, as on the client side
-    (twisted.web sets it there): a body written in pieces, or an upstream
-    that delays its ACKs, must not hold a request back.
-    """
-
-    def connectionMade(self) -> None:
-        transport = self.transport
-        # Under TLS the socket is the transport's own transport.
-        socket = getattr(transport, "transport", None) or transport
-        sendEagerly(socket)
-        setNoDelay = getattr(socket, "setTcpNoDelay", None)
-        if setNoDelay is not None:
-            try:
-                setNoDelay(True)
-            except OSError:
-                pass
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    # One "Starting factory" log line per upstream connection is noise.
-    noisy = False
-
-    def buildProtocol(self, addr: object) -> HTTP11ClientProtocol:
-        return _UpstreamProtocol(self._quiescentCallback)
-
-
-class _QuietPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
-
-    def _putConnection(self, key: object, connection: HTTP11ClientProtocol) -> None:
-        # A connection already told to close (its client left mid-answer) can
-        # still finish reading its response, and Twisted then pools it; the
-        # next request would be written into a closing socket and get a 502.
-        transport = connection.transport
-        if transport is None or getattr(transport, "disconnecting", False):
-            if transport is not None:
-                transport.abortConnection()
-            return
-        super()._putConnection(key, connection)
-
-
-class _FixedTargetAgent(Agent):
-    """
-    An L{Agent} for a proxy that always calls the same URL.
-
-    C{Agent.request} parses the URL and builds a new endpoint (IDNA-encoding
-    the host name) for every request; with one constant upstream that was
-    about a tenth of the proxy's CPU per request. This does both once per
-    URL and then takes the same path as C{Agent.request}: the same pool key,
-    the same endpoint factory (TLS, tunnels), a fresh DNS lookup per new
-    connection.
+    Endpoints straight to the upstream: TCP, with TLS for https.
     """
 
-    _targets: dict[bytes, tuple[URI, object, tuple[bytes, bytes, int]]]
+    def __init__(
+        self, reactor: Any, policy: IPolicyForHTTPS, connectTimeout: float
+    ) -> None:
+        self._reactor = reactor
+        self._policy = policy
+        self._connectTimeout = connectTimeout
 
-    def request(
-        self,
-        method: bytes,
-        uri: bytes,
-        headers: Headers | None = None,
-        bodyProducer: IBodyProducer | None = None,
-    ) -> Deferred[IResponse]:
-        targets = self.__dict__.setdefault("_targets", {})
-        target = targets.get(uri)
-        if target is None:
-            parsed = URI.fromBytes(uri)
-            endpoint = self._getEndpoint(parsed)
-            key = (parsed.scheme, parsed.host, parsed.port)
-            target = targets[uri] = (parsed, endpoint, key)
-        parsed, endpoint, key = target
-        return self._requestWithEndpoint(
-            key, endpoint, method, parsed, headers, bodyProducer, parsed.originForm
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, uri.host, uri.port, timeout=self._connectTimeout
         )
+        if uri.scheme == b"https":
+            creator = self._policy.creatorForNetloc(uri.host, uri.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        return endpoint
+
+
+@implementer(IAgentEndpointFactory)
+class CachingEndpointFactory:
+    """
+    Build each upstream's endpoint once.
+
+    Building one IDNA-encodes the host name and makes a TLS connection
+    creator, and the proxy always calls the same upstream: per request that
+    was about a tenth of its CPU. Endpoints can connect any number of
+    times, each with a fresh DNS lookup, so reusing them changes nothing else.
+    """
+
+    def __init__(self, factory: IAgentEndpointFactory) -> None:
+        self._factory = factory
+        self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = self._factory.endpointForURI(uri)
+        return endpoint
+
+
+BodySource = IO[bytes]
 
 
 @dataclass
 class UpstreamClient:
     """
-    The Agent the forwarder uses, and the pool it can close at shutdown.
+    How the forwarder reaches the upstream: the pooled Agent, a second one
+    for the single retry on a fresh connection, and the pool to close at
+    shutdown.
     """
 
     agent: IAgent
-    pool: HTTPConnectionPool
+    freshAgent: IAgent
+    pool: UpstreamPool
     egress: EgressProxy | None = None
+
+    def request(
+        self, url: bytes, headers: Headers, body: BodySource
+    ) -> Deferred[IResponse]:
+        """
+        C{POST} C{body} to C{url}; retried once on a fresh connection when a
+        reused one turns out to have been closed before any byte of the
+        answer arrived. Cancelling the result cancels whichever attempt is
+        under way.
+        """
+        first = self.agent.request(b"POST", url, headers, bodyProducer(body))
+
+        def retry(failure: Failure) -> Deferred[IResponse]:
+            failure.trap(StaleConnection)
+            _log.info(
+                "Upstream closed a reused connection before answering; "
+                "retrying once on a fresh connection",
+                retry=True,
+            )
+            return self.freshAgent.request(b"POST", url, headers, bodyProducer(body))
+
+        return first.addErrback(retry)
 
     def close(self) -> Deferred[None]:
         """
         Close idle pooled upstream connections.
         """
-        return self.pool.closeCachedConnections()
+        closed: Deferred[None] = self.pool.closeCachedConnections()
+        return closed
 
 
 def makeUpstreamClient(
@@ -238,30 +195,72 @@ def makeUpstreamClient(
     caFile = caFile or environ.get("SSL_CERT_FILE") or None
     trustRoot = loadTrustRoot(caFile) if caFile else None
     policy = BrowserLikePolicyForHTTPS(trustRoot)
-    pool = _QuietPool(reactor, persistent=True)
+    pool = UpstreamPool(reactor, persistent=True)
     pool.maxPersistentPerHost = maxPersistentPerHost
     # Shorter than common upstream keep-alive timeouts, so that we rarely
     # reuse a connection the upstream is about to close.
     pool.cachedConnectionTimeout = 20
+    # Twisted's own retry never retries a POST; ours is in request().
     pool.retryAutomatically = False
     egress = None
     if target is not None:
         egress = proxyFromEnvironment(target.scheme, target.host, environ)
-    agent: IAgent
-    if egress is None:
-        agent = _FixedTargetAgent(
-            reactor, contextFactory=policy, connectTimeout=connectTimeout, pool=pool
-        )
-    elif target is not None and target.scheme == "https":
-        # CONNECT tunnel; TLS inside it is verified against the upstream host.
-        tunnels = TunnellingEndpointFactory(reactor, egress, policy, connectTimeout)
-        agent = _FixedTargetAgent.usingEndpointFactory(reactor, tunnels, pool=pool)
+    agentWith: Callable[[UpstreamPool], IAgent]
+    if egress is None or (target is not None and target.scheme == "https"):
+        endpoints: IAgentEndpointFactory
+        if egress is None:
+            endpoints = DirectEndpointFactory(reactor, policy, connectTimeout)
+        else:
+            # CONNECT tunnel; TLS inside it is verified against the upstream.
+            endpoints = TunnellingEndpointFactory(
+                reactor, egress, policy, connectTimeout
+            )
+        cached = CachingEndpointFactory(endpoints)
+
+        def agentWith(pool: UpstreamPool) -> IAgent:
+            agent: IAgent = Agent.usingEndpointFactory(reactor, cached, pool=pool)
+            return agent
+
     else:
         # Plain HTTP: absolute-form requests to the proxy, which sees them.
         proxyEndpoint = HostnameEndpoint(
             reactor, egress.host, egress.port, timeout=connectTimeout
         )
-        agent = ProxyAgent(proxyEndpoint, reactor, pool=pool)
-        if egress.authorization is not None:
-            agent = ProxyAuthorizingAgent(agent, egress.authorization)
-    return UpstreamClient(agent, pool, egress)
+        authorization = egress.authorization
+
+        def agentWith(pool: UpstreamPool) -> IAgent:
+            agent: IAgent = ProxyAgent(proxyEndpoint, reactor, pool=pool)
+            if authorization is not None:
+                agent = ProxyAuthorizingAgent(agent, authorization)
+            return agent
+
+    fresh = UpstreamPool(reactor, persistent=False)
+    return UpstreamClient(agentWith(pool), agentWith(fresh), pool, egress)
+
+
+def upstreamClientFor(
+    config: Mapping[str, Any], reactor: Any, environ: Mapping[str, str] | None
+) -> UpstreamClient:
+    """
+    The upstream client the options ask for.
+
+    @raise StartupError: the CA file (C{--upstream-ca} or C{SSL_CERT_FILE})
+        or a proxy variable is unusable.
+    """
+    try:
+        upstream = makeUpstreamClient(
+            reactor,
+            caFile=config["upstream-ca"],
+            connectTimeout=config["connect-timeout"],
+            target=config["upstream"],
+            environ=environ,
+        )
+    except OSError as e:
+        raise StartupError(
+            f"cannot read the upstream CA file {e.filename or ''}: {e.strerror or e}"
+        ) from None
+    except ValueError as e:
+        raise StartupError(str(e)) from None
+    if upstream.egress is not None:
+        _log.info("Upstream via egress proxy {proxy}", proxy=upstream.egress.describe())
+    return upstream

@@ -30,9 +30,9 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from responses_proxy.apikey import AuthHeader
-from responses_proxy.fakeupstream import FakeUpstream, makeSite
 from responses_proxy.options import ProxyOptions
 from responses_proxy.tap import makeService
+from tests.fakeupstream import FakeUpstream, makeSite
 
 CANARY_KEY = "sk-canary_7f3c9a1e5b2d4c6e8a0f1b3d5e7a9c2e4f6b8d0a"
 
@@ -259,12 +259,14 @@ def startProxy(
     service = makeService(
         config,
         reactor=reactor,
-        authorization=AuthHeader(b"Bearer " + key.encode()),
+        credential=AuthHeader(b"Bearer " + key.encode()),
         environ={} if environ is None else environ,
+        # GET /shutdown drains, then must not stop the test's reactor.
+        stop=lambda: None,
     )
     service.privilegedStartService()
     service.startService()
-    proxyService = service.services[-1]
+    proxyService = service.listener
     protocols = _trackConnections(proxyService.factory, testCase)
 
     @inlineCallbacks

@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from responses_proxy.fakeupstream import DEFAULT_TEXT
+from tests.fakeupstream import DEFAULT_TEXT
 from tests.processes import endWithin, spawnProxy
 from tests.support import (
     CANARY_KEY,

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from responses_proxy.demo import SSEParser, streamThroughProxy
-from responses_proxy.fakeupstream import DEFAULT_TEXT
+from tests.fakeupstream import DEFAULT_TEXT
 from tests.processes import endWithin
 from tests.support import (
     childEnvironment,

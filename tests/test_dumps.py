@@ -21,6 +21,7 @@ from responses_proxy.dumps import (
     DumpWriter,
     ExchangeDump,
 )
+from responses_proxy.record import ExchangeRecord
 from tests.support import (
     CANARY_KEY,
     connectRaw,
@@ -306,8 +307,8 @@ class ResponseBodyCapTests(TestCase):
         dump = ExchangeDump(writer, path, maxBody=10)
         dump.responseStarted(200, Headers({b"content-type": [b"text/plain"]}))
         for piece in (b"0123456", b"789abc", b"defghij"):
-            dump.responseChunk(piece)
-        dump.finished("complete")
+            dump.bodyReceived(piece)
+        dump.finished(ExchangeRecord("POST", "/v1/responses", outcome="complete"))
         yield waitFor(lambda: os.path.exists(path))
         with open(path, "rb") as f:
             document = json.loads(f.read())

@@ -15,13 +15,14 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from responses_proxy import hardening, tap
+from responses_proxy import apikey, hardening
 from responses_proxy.hardening import (
     HardeningFailed,
     harden,
     removeLoaderVariables,
     secureModeRequested,
 )
+from responses_proxy.startup import StartupError
 from tests.processes import endWithin, procLimits, restrictedArgv, spawnProxy
 from tests.support import (
     CANARY_KEY,
@@ -157,7 +158,8 @@ class LoaderVariableTests(SynchronousTestCase):
 
 class LoadKeyTests(SynchronousTestCase):
     """
-    L{tap.loadKey}: hardening first, then the key; failures are one line.
+    L{apikey.loadKey}: hardening first, then the key; failures are one
+    L{StartupError} whose message is the line to show.
     """
 
     def setUp(self) -> None:
@@ -171,14 +173,13 @@ class LoadKeyTests(SynchronousTestCase):
 
     def test_secureModeFailureStopsBeforeTheKey(self) -> None:
         """
-        In secure mode a failed step exits 1 with one line, and the key is
-        never read (it is still in the pipe).
+        In secure mode a failed step is a start-up error naming the step, and
+        the key is never read (it is still in the pipe).
         """
         self.patch(hardening, "STEPS", [("broken step", failingStep)])
-        self.patch(tap, "secureModeRequested", lambda: True)
-        error = self.assertRaises(SystemExit, tap.loadKey, self.fd)
-        self.assertEqual(error.code, 1)
-        [line] = self.stderr.getvalue().splitlines()
+        self.patch(apikey, "secureModeRequested", lambda: True)
+        error = self.assertRaises(StartupError, apikey.loadKey, self.fd)
+        [line] = str(error).splitlines()
         self.assertIn("broken step", line)
         self.assertIn("CODEX_SECURE_MODE=1", line)
         self.assertEqual(os.read(self.fd, 100), b"sk-not-read-yet\n")
@@ -188,8 +189,8 @@ class LoadKeyTests(SynchronousTestCase):
         Without secure mode the key is read despite a failed step.
         """
         self.patch(hardening, "STEPS", [("broken step", failingStep)])
-        self.patch(tap, "secureModeRequested", lambda: False)
-        header = tap.loadKey(self.fd)
+        self.patch(apikey, "secureModeRequested", lambda: False)
+        header = apikey.loadKey(self.fd)
         self.addCleanup(header.wipe)
         self.assertEqual(header.value, b"Bearer sk-not-read-yet")
         self.assertEqual(self.stderr.getvalue(), "")
@@ -200,15 +201,15 @@ class LoadKeyTests(SynchronousTestCase):
         """
         order: list[str] = []
         self.patch(hardening, "STEPS", [("record", lambda: order.append("harden"))])
-        self.patch(tap, "secureModeRequested", lambda: True)
-        original = tap.readAuthHeader
+        self.patch(apikey, "secureModeRequested", lambda: True)
+        original = apikey.readAuthHeader
 
         def reading(*args: Any, **kwargs: Any) -> Any:
             order.append("read")
             return original(*args, **kwargs)
 
-        self.patch(tap, "readAuthHeader", reading)
-        header = tap.loadKey(self.fd)
+        self.patch(apikey, "readAuthHeader", reading)
+        header = apikey.loadKey(self.fd)
         self.addCleanup(header.wipe)
         self.assertEqual(order, ["harden", "read"])
 
@@ -270,12 +271,12 @@ class SpawnedHardeningTests(TestCase):
     @inlineCallbacks
     def test_loaderVariablesGoneBeforeTheKey(self) -> Any:
         """
-        In a fresh process, after L{tap.loadKey} (hardening, then the key),
+        In a fresh process, after L{apikey.loadKey} (hardening, then the key),
         an executed child no longer sees C{LD_*} variables set at start.
         """
         script = (
             "import os\n"
-            "from responses_proxy.tap import loadKey\n"
+            "from responses_proxy.apikey import loadKey\n"
             "loadKey(0)\n"
             "os.execvp('env', ['env'])\n"
         )

@@ -11,7 +11,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from responses_proxy.fakeupstream import DEFAULT_TEXT
+from tests.fakeupstream import DEFAULT_TEXT
 from tests.support import CANARY_KEY, startFakeUpstream, startProxy
 
 _DUMMY_KEY = "sk-dummy-not-the-real-key"

@@ -12,13 +12,13 @@ import os
 import sys
 from typing import Any
 
+import twisted.plugins
 from twisted.application.service import IServiceMaker
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-import twisted.plugins
 from tests.support import childEnvironment, scriptPath
 
 TAPNAME = "responses-api-proxy"
