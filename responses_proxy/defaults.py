@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_options -*-
 """
 Default limits, shared by the options (their defaults) and the server side.
 

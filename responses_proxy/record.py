@@ -49,6 +49,14 @@ EXCHANGE_FORMAT = (
 _log = Logger(namespace="responses_proxy.exchange")
 
 
+def printable(raw: bytes, limit: int = 200) -> str:
+    """
+    C{raw} as text safe for a log line: at most C{limit} bytes, escaped.
+    """
+    text = raw[:limit].decode("latin-1")
+    return text.encode("unicode_escape").decode("ascii")
+
+
 @dataclass(frozen=True)
 class Usage:
     """
@@ -113,7 +121,10 @@ class ExchangeRecord:
         for a request the proxy refused itself.
     @ivar code: the proxy's own error code, when it answered itself
         (e.g. C{browser_request}, C{upstream_timeout}).
+    @ivar model: the model that answered, when the answer said.
     @ivar usage: what the upstream reported; L{None} when unknown.
+    @ivar ttfbMS: milliseconds from the request to the first byte of the
+        answer relayed to the client (L{None} if none was).
     """
 
     method: str
@@ -127,7 +138,9 @@ class ExchangeRecord:
     bytesOut: int = 0
     durationMS: float = 0.0
     requestID: str | None = None
+    model: str | None = None
     usage: Usage | None = None
+    ttfbMS: float | None = None
     forwarded: bool = False
 
     def logFields(self) -> dict[str, Any]:
@@ -149,7 +162,7 @@ class ExchangeRecord:
             "uid": self.caller.uid,
             "user": self.caller.user,
             "pid": self.caller.pid,
-            "model": usage.model if usage else None,
+            "model": self.model,
             "input_tokens": usage.inputTokens if usage else None,
             "cached_input_tokens": usage.cachedInputTokens if usage else None,
             "output_tokens": usage.outputTokens if usage else None,
@@ -161,9 +174,11 @@ class ExchangeRecord:
 def _tokensText(record: ExchangeRecord) -> str:
     usage = record.usage
     if usage is None:
-        return "usage unknown" if record.forwarded else "no usage"
+        if not record.forwarded:
+            return "no usage"
+        return f"model {record.model}, usage unknown"
     return (
-        f"model {usage.model}, {usage.inputTokens} tokens in "
+        f"model {record.model}, {usage.inputTokens} tokens in "
         f"({usage.cachedInputTokens} cached), {usage.outputTokens} out "
         f"({usage.reasoningTokens} reasoning)"
     )

@@ -16,22 +16,15 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from responses_proxy.admission import Admission, Refusal
 from responses_proxy.errors import respondWithError
 from responses_proxy.forward import Forwarder
-from responses_proxy.record import UNKNOWN_CALLER, ExchangeRecord, Exchanges
+from responses_proxy.record import UNKNOWN_CALLER, ExchangeRecord, Exchanges, printable
+from responses_proxy.routes import Routes
 
-RESPONSES_PATH = b"/v1/responses"
 SHUTDOWN_PATH = b"/shutdown"
 
 _log = Logger()
-
-
-def printable(raw: bytes, limit: int = 200) -> str:
-    """
-    C{raw} as text safe for a log line: at most C{limit} bytes, escaped.
-    """
-    text = raw[:limit].decode("latin-1")
-    return text.encode("unicode_escape").decode("ascii")
 
 
 class Refusals:
@@ -68,6 +61,16 @@ class Refusals:
         )
         self.exchanges.told(record)
         return body
+
+    def answer(self, request: Request, refusal: Refusal) -> bytes:
+        """
+        Answer an admission refusal.
+        """
+        for name, value in refusal.headers:
+            request.setHeader(name, value)
+        return self.refuse(
+            request, refusal.status, refusal.message, refusal.code, refusal.type
+        )
 
     def forbid(self, request: Request) -> bytes:
         """
@@ -115,19 +118,35 @@ class StrictResource(Resource):
 
 class ResponsesResource(StrictResource):
     """
-    C{/v1/responses}: forwards exactly C{POST /v1/responses}.
+    C{/v1/responses} and below: forwards exactly C{POST /v1/responses} and
+    the allowed sub-paths, once admitted.
     """
 
-    def __init__(self, refusals: Refusals, forwarder: Forwarder) -> None:
+    isLeaf = True
+
+    def __init__(
+        self,
+        refusals: Refusals,
+        forwarder: Forwarder,
+        routes: Routes,
+        admission: Admission,
+    ) -> None:
         super().__init__(refusals)
         self._forwarder = forwarder
+        self._routes = routes
+        self._admission = admission
 
     def render(self, request: Request) -> bytes | int:  # type: ignore[override]
-        if request.method == b"POST" and request.uri == RESPONSES_PATH:
-            result = self._forwarder.forward(request, request.caller)  # type: ignore[attr-defined]
-            assert isinstance(result, int)
-            return result
-        return self.refusals.forbid(request)
+        target = self._routes.upstreamFor(request.uri)
+        if request.method != b"POST" or target is None:
+            return self.refusals.forbid(request)
+        caller = getattr(request, "caller", UNKNOWN_CALLER)
+        refusal = self._admission.admit(request, caller)
+        if refusal is not None:
+            return self.refusals.answer(request, refusal)
+        result = self._forwarder.forward(request, caller, target)
+        assert isinstance(result, int)
+        return result
 
 
 class ShutdownResource(StrictResource):
@@ -150,15 +169,25 @@ class ShutdownResource(StrictResource):
 
 
 def buildRoot(
-    forwarder: Forwarder, shutdown: Callable[[], object] | None = None
+    forwarder: Forwarder,
+    shutdown: Callable[[], object] | None = None,
+    routes: Routes | None = None,
+    admission: Admission | None = None,
 ) -> Resource:
     """
-    The tree: C{/v1/responses}, plus C{/shutdown} when C{shutdown} is given.
+    The tree: C{/v1/responses} (and its allowed sub-paths), plus
+    C{/shutdown} when C{shutdown} is given.
     """
     refusals = Refusals(forwarder.exchanges)
     root = StrictResource(refusals)
     v1 = StrictResource(refusals)
-    v1.putChild(b"responses", ResponsesResource(refusals, forwarder))
+    responses = ResponsesResource(
+        refusals,
+        forwarder,
+        routes or Routes(forwarder.target),
+        admission or Admission(),
+    )
+    v1.putChild(b"responses", responses)
     root.putChild(b"v1", v1)
     if shutdown is not None:
         root.putChild(b"shutdown", ShutdownResource(refusals, shutdown))

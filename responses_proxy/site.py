@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_limits -*-
+# -*- test-case-name: tests.test_site,tests.test_limits -*-
 """
 The HTTP server side: a L{Site} whose requests enforce the proxy's limits
 while they are still being read.
@@ -38,6 +38,8 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
+from responses_proxy.admission import Admission, Refusal, RequestHead
+from responses_proxy.chunks import ChunkSizes
 from responses_proxy.defaults import (
     DEFAULT_MAX_REQUEST_BODY,
     DEFAULT_REQUEST_TIMEOUT,
@@ -46,7 +48,18 @@ from responses_proxy.defaults import (
 )
 from responses_proxy.eagerwrite import batchedWrites, sendEagerly
 from responses_proxy.errors import errorBody, rawErrorResponse
-from responses_proxy.record import UNKNOWN_CALLER, Caller
+from responses_proxy.record import (
+    UNKNOWN_CALLER,
+    Caller,
+    ExchangeRecord,
+    Exchanges,
+    printable,
+)
+from responses_proxy.routes import Routes
+from responses_proxy.target import UpstreamTarget
+
+# Routes for a site that forwards nothing (the tests' plain sites).
+_NOWHERE = UpstreamTarget.fromString("http://127.0.0.1:9/v1/responses")
 
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _log = Logger()
@@ -72,7 +85,10 @@ class ProxyRequest(server.Request):
     _refused = False
     channel: ProxyChannel
 
-    def _refuseTooLarge(self) -> None:
+    def refuseTooLarge(self) -> None:
+        """
+        Answer 413 now: the body is, or is declared, larger than the limit.
+        """
         self._refused = True
         limit = self.channel.site.maxRequestBody
         self.requestHeaders.removeHeader(b"expect")
@@ -87,7 +103,7 @@ class ProxyRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.channel.site.maxRequestBody:
-            self._refuseTooLarge()
+            self.refuseTooLarge()
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -95,7 +111,7 @@ class ProxyRequest(server.Request):
             return
         self._received += len(data)
         if self._received > self.channel.site.maxRequestBody:
-            self._refuseTooLarge()
+            self.refuseTooLarge()
             return
         super().handleContentChunk(data)
 
@@ -166,6 +182,11 @@ class ProxyChannel(http.HTTPChannel):
     _host: IAddress | None = None
     caller: Caller = UNKNOWN_CALLER
     _draining = False
+    _refused = False
+    # The request line of the request being received.
+    _method = b""
+    _target = b""
+    _chunkSizes: ChunkSizes | None = None
 
     def getHost(self) -> IAddress:
         # Every Request asks; one getsockname(2) per connection is enough.
@@ -198,6 +219,11 @@ class ProxyChannel(http.HTTPChannel):
             # Whatever arrives from now on is not read as a request.
             self._refused = True
             self.loseConnection()
+            return
+        if not self.requests:
+            # Only part of a request line so far: checkPersistence will say
+            # no when its head is complete (Twisted drops a request line
+            # that arrives on a channel already marked non-persistent).
             return
         self.persistent = False
         for request in self.requests:
@@ -264,6 +290,10 @@ class ProxyChannel(http.HTTPChannel):
 
     def allContentReceived(self) -> None:
         self._cancelDeadline()
+        if self._refused:
+            # Refused on its head: Twisted still calls this for a request
+            # without a body, which must not reach the resource.
+            return
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
@@ -298,10 +328,54 @@ class ProxyChannel(http.HTTPChannel):
         elif self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self._headTooLarge()
         else:
+            requests = len(self.requests)
             super().lineReceived(line)
+            parts = line.split()
+            if len(self.requests) > requests and len(parts) == 3:
+                # The request line of a new request (a malformed one was
+                # refused by Twisted, which still counts it).
+                self._method, self._target = parts[0], parts[1]
+                self._chunkSizes = None
+
+    def allHeadersReceived(self) -> None:
+        # Admission of the head, before any byte of the body is read (and
+        # before an "Expect: 100-continue" is answered).
+        request = self.requests[-1]
+        site = self.site
+        head = RequestHead(
+            self._method,
+            self._target,
+            request.requestHeaders,
+            self.caller,
+            site.routes.forwards(self._method, self._target),
+        )
+        refusal = site.admission.checkHead(head)
+        if refusal is not None:
+            site.refusedHead(head, refusal)
+            self.refuseRequest(
+                rawErrorResponse(
+                    refusal.status,
+                    refusal.message,
+                    refusal.type,
+                    refusal.code,
+                    refusal.headers,
+                )
+            )
+            return
+        encodings = request.requestHeaders.getRawHeaders(b"transfer-encoding") or []
+        if any(b"chunked" in value.lower() for value in encodings):
+            self._chunkSizes = ChunkSizes(site.maxRequestBody)
+        super().allHeadersReceived()
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._refused:
+            return
+        sizes = self._chunkSizes
+        if sizes is not None and not sizes.feed(data):
+            # A chunk-size line already declares more than the limit allows.
+            self._chunkSizes = None
+            request: Any = self.requests[-1]
+            request.refuseTooLarge()
             return
         super().rawDataReceived(data)
 
@@ -344,8 +418,6 @@ class ProxyChannel(http.HTTPChannel):
             )
         )
 
-    _refused = False
-
     def refuseRequest(self, response: bytes) -> None:
         """
         Answer C{response} while the request is still being read, and close.
@@ -375,6 +447,9 @@ class ProxySite(server.Site):
         maxRequestBody: int = DEFAULT_MAX_REQUEST_BODY,
         requestTimeout: float = DEFAULT_REQUEST_TIMEOUT,
         identify: Callable[[Any], Caller] | None = None,
+        admission: Admission | None = None,
+        routes: Routes | None = None,
+        exchanges: Exchanges | None = None,
     ) -> None:
         super().__init__(
             resource,
@@ -386,6 +461,9 @@ class ProxySite(server.Site):
         self.maxRequestBody = maxRequestBody
         self.requestTimeout = requestTimeout
         self._identify = identify
+        self.admission = admission or Admission()
+        self.routes = routes or Routes(_NOWHERE)
+        self.exchanges = exchanges or Exchanges()
         self.channels: set[ProxyChannel] = set()
         self._emptied: list[Deferred[None]] = []
         self._draining = False
@@ -400,6 +478,21 @@ class ProxySite(server.Site):
         if self._identify is None:
             return UNKNOWN_CALLER
         return self._identify(transport)
+
+    def refusedHead(self, head: RequestHead, refusal: Refusal) -> None:
+        """
+        Record a request refused on its head, like an exchange.
+        """
+        self.exchanges.told(
+            ExchangeRecord(
+                method=printable(head.method, 20),
+                path=printable(head.target),
+                caller=head.caller,
+                status=refusal.status,
+                outcome="rejected",
+                code=refusal.code,
+            )
+        )
 
     # The open client connections, for the drain.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_lifecycle,tests.test_tap -*-
 """
 The one exception a failed start-up raises.
 """
