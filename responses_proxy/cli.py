@@ -6,6 +6,9 @@ run in the foreground without twistd (no pidfile, no daemonizing).
 Exit status: 0 after SIGTERM, SIGINT, SIGHUP or C{GET /shutdown}; 1 when
 the key, the options' files, the listening port or the server-info file are
 unusable; 2 for bad options; 130 for Ctrl-C while the key is being typed.
+
+C{responses-api-proxy usage ...} prints the usage ledger instead
+(L{responses_proxy.usagereport}).
 """
 
 from __future__ import annotations
@@ -41,9 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     """
     Parse options, read the key, listen, and run until told to stop.
     """
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["usage"]:
+        from responses_proxy.usagereport import run
+
+        sys.exit(run(args[1:]))
     config = CLIOptions()
     try:
-        config.parseOptions(sys.argv[1:] if argv is None else argv)
+        config.parseOptions(args)
     except usage.UsageError as e:
         sys.stderr.write(
             f"{config.getSynopsis()}\nresponses-api-proxy: {e}\n"
