@@ -231,7 +231,7 @@ class Exchange:
         request = self._request
         record.status = response.code
         request.setResponseCode(response.code, response.phrase)
-        request.responseHeaders = type(response.headers)()
+        _freshHeaders(request)
         mirrorResponseHeaders(response.headers, request.responseHeaders)
         if response.length is not UNKNOWN_LENGTH and response.code not in NO_BODY_CODES:
             # The upstream's length, relayed: no chunked framing to add, and a
@@ -256,7 +256,10 @@ class Exchange:
         """
         Pass one piece of upstream body to the client, unchanged.
         """
-        self.record.bytesOut += len(data)
+        record = self.record
+        if record.ttfbMS is None:
+            record.ttfbMS = (self._forwarder.reactor.seconds() - self._started) * 1000
+        record.bytesOut += len(data)
         self._request.write(data)
         for observer in self._observers:
             observer.bodyReceived(data)
@@ -298,7 +301,7 @@ class Exchange:
         Answer the client ourselves (nothing of an upstream answer was sent).
         """
         request = self._request
-        request.responseHeaders = type(request.responseHeaders)()
+        _freshHeaders(request)
         self.record.status = status
         self.record.code = code
         body = respondWithError(request, status, message, "upstream_error", code)
@@ -363,6 +366,18 @@ class Exchange:
         for observer in self._observers:
             observer.finished(record)
         self._forwarder.exchanges.end(self, record)
+
+
+def _freshHeaders(request: Request) -> None:
+    """
+    Replace the answer's headers with none, keeping C{Connection: close}
+    when the connection will close after it (the client asked, HTTP/1.0,
+    or the proxy is draining): a client must be told.
+    """
+    request.responseHeaders = type(request.responseHeaders)()
+    channel: Any = request.channel
+    if channel is not None and not channel.persistent:
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
 
 class _Discard(TwistedProtocol):

@@ -20,6 +20,7 @@ from responses_proxy.defaults import (
     DEFAULT_MAX_REQUEST_BODY,
     DEFAULT_REQUEST_TIMEOUT,
 )
+from responses_proxy.routes import BadAllowedPath, checkAllowedPath
 from responses_proxy.target import DEFAULT_UPSTREAM_URL, BadUpstreamURL, UpstreamTarget
 
 
@@ -39,7 +40,7 @@ def _positive(name: str, kind: type) -> object:
             number = kind(value)
         except ValueError:
             raise usage.UsageError(f"{name} must be a number, not {value!r}") from None
-        if number <= 0:
+        if not number > 0:  # also refuses nan
             raise usage.UsageError(f"{name} must be greater than 0")
         return number
 
@@ -52,7 +53,7 @@ def _nonNegative(name: str, kind: type) -> object:
             number = kind(value)
         except ValueError:
             raise usage.UsageError(f"{name} must be a number, not {value!r}") from None
-        if number < 0:
+        if not number >= 0:  # also refuses nan
             raise usage.UsageError(f"{name} must not be negative")
         return number
 
@@ -60,6 +61,8 @@ def _nonNegative(name: str, kind: type) -> object:
 
 
 _INTERNET_ENDPOINTS = ("tcp", "tcp6", "ssl")
+_LIMITS = ("max-concurrent-per-user", "max-tokens-per-day", "max-tokens-per-day-total")
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
 
 
 def checkLoopbackListen(description: str) -> None:
@@ -177,6 +180,45 @@ class ProxyOptions(usage.Options):
             _positive("--connect-timeout", float),
         ],
         [
+            "state-dir",
+            None,
+            None,
+            "Directory for the usage ledger (tokens per caller, model and UTC "
+            "day, in SQLite); needed by the limits. Under systemd: "
+            "StateDirectory=.",
+        ],
+        [
+            "max-concurrent-per-user",
+            None,
+            None,
+            "Exchanges one caller (uid) may have in flight; more get 429 "
+            "rate_limit_exceeded. Needs --state-dir.",
+            _positive("--max-concurrent-per-user", int),
+        ],
+        [
+            "max-tokens-per-day",
+            None,
+            None,
+            "Tokens one caller (uid) may use per UTC day; then 429 "
+            "insufficient_quota. Needs --state-dir.",
+            _positive("--max-tokens-per-day", int),
+        ],
+        [
+            "max-tokens-per-day-total",
+            None,
+            None,
+            "Tokens all callers together may use per UTC day; then 429 "
+            "insufficient_quota. Needs --state-dir.",
+            _positive("--max-tokens-per-day-total", int),
+        ],
+        [
+            "admin-socket",
+            None,
+            None,
+            "Unix socket (mode 0600) serving GET /metrics (Prometheus), "
+            "/healthz and /usage to the proxy's user and root.",
+        ],
+        [
             "drain-timeout",
             None,
             DEFAULT_DRAIN_TIMEOUT,
@@ -186,6 +228,62 @@ class ProxyOptions(usage.Options):
             _nonNegative("--drain-timeout", float),
         ],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["allow-host"] = []
+        self["allow-user"] = []
+        self["allow-group"] = []
+        self["allow-path"] = []
+        self["allow-model"] = []
+
+    def opt_allow_host(self, name: str) -> None:
+        """
+        Also accept requests whose Host header names NAME (any port); by
+        default only 127.0.0.0/8, [::1] and localhost (repeatable).
+        """
+        if not _HOST_NAME.fullmatch(name):
+            raise usage.UsageError(f"--allow-host {name!r} is not a host name")
+        self["allow-host"].append(name)
+
+    def opt_allow_user(self, user: str) -> None:
+        """
+        Let only the local user NAME or UID (and the other --allow-user and
+        --allow-group callers) use the key; everyone else gets 403
+        (repeatable).
+        """
+        if not user:
+            raise usage.UsageError("--allow-user needs a user name or uid")
+        self["allow-user"].append(user)
+
+    def opt_allow_group(self, group: str) -> None:
+        """
+        Let the members (primary or supplementary) of the local group NAME or
+        GID use the key (repeatable).
+        """
+        if not group:
+            raise usage.UsageError("--allow-group needs a group name or gid")
+        self["allow-group"].append(group)
+
+    def opt_allow_path(self, path: str) -> None:
+        """
+        Also forward POST to PATH, an exact sub-path of /v1/responses such as
+        /v1/responses/compact, to the upstream URL's path with the same
+        suffix (repeatable).
+        """
+        try:
+            self["allow-path"].append(checkAllowedPath(path))
+        except BadAllowedPath as e:
+            raise usage.UsageError(f"--allow-path: {e}") from None
+
+    def opt_allow_model(self, pattern: str) -> None:
+        """
+        Forward only requests whose "model" matches PATTERN (shell-style,
+        e.g. 'gpt-5*'); others get 400 model_not_allowed (repeatable).
+        """
+        if not pattern:
+            raise usage.UsageError("--allow-model needs a model name or pattern")
+        self["allow-model"].append(pattern)
 
     def opt_version(self) -> None:
         """
@@ -207,6 +305,17 @@ class ProxyOptions(usage.Options):
             raise usage.UsageError(f"--upstream-url: {e}") from None
         if self["listen"] is not None:
             checkLoopbackListen(self["listen"])
+        for limit in _LIMITS:
+            if self[limit] is not None and not self["state-dir"]:
+                raise usage.UsageError(
+                    f"--{limit} needs --state-dir (limits are kept in the usage ledger)"
+                )
+        socketPath = self["admin-socket"]
+        if socketPath is not None and (not socketPath or ":" in socketPath):
+            raise usage.UsageError(
+                "--admin-socket takes a Unix socket path (never TCP), "
+                f"not {socketPath!r}"
+            )
 
     def listenDescription(self) -> tuple[str, str]:
         """

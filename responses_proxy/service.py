@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_tap,tests.test_drain -*-
 """
 The proxy's services: the listener, and the top service that stops them
 with a drain.
@@ -152,6 +152,13 @@ class ProxyApplicationService(MultiService):
         self._stop = stop
         self._drain: Any = None
 
+    @property
+    def draining(self) -> bool:
+        """
+        Whether a drain (or a stop) has begun.
+        """
+        return self._drain is not None
+
     def shutdown(self) -> Deferred[None]:
         """
         Drain (for up to the drain timeout), then stop; what SIGTERM and
@@ -185,12 +192,22 @@ def _formatAddress(address: Any) -> str:
 
 class ClosingService(Service):
     """
-    Calls C{close} when the proxy stops (e.g. to close idle upstream
-    connections), and waits for the Deferred it returns.
+    Calls C{start} when the proxy starts and C{close} when it stops (e.g. to
+    close idle upstream connections), waiting for the Deferred it returns.
     """
 
-    def __init__(self, close: Callable[[], Deferred[None]]) -> None:
+    def __init__(
+        self,
+        close: Callable[[], Deferred[None]],
+        start: Callable[[], object] | None = None,
+    ) -> None:
         self._close = close
+        self._start = start
+
+    def startService(self) -> None:
+        super().startService()
+        if self._start is not None:
+            self._start()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

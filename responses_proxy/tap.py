@@ -17,14 +17,29 @@ from typing import Any
 from twisted.application.service import MultiService
 
 from responses_proxy.activation import serverEndpoint
+from responses_proxy.admin import AdminResource, AdminService
+from responses_proxy.admission import Admission, ExchangeCheck, HeadCheck
 from responses_proxy.apikey import loadKey
+from responses_proxy.browsers import refuseBrowsers, requireJSON
+from responses_proxy.callers import (
+    CallerIdentity,
+    CallerPolicy,
+    resolveGroup,
+    resolveUser,
+)
 from responses_proxy.drain import Drain
 from responses_proxy.dumps import DumpWriter
 from responses_proxy.forward import Credential, Forwarder, ObserverFactory
+from responses_proxy.hosts import HostCheck
+from responses_proxy.ledger import Ledger, ledgerFor
 from responses_proxy.lifecycle import ProcessService, reportStartupFailure, stopOnce
+from responses_proxy.limits import Limits
+from responses_proxy.metrics import Metrics
 from responses_proxy.options import ProxyOptions
+from responses_proxy.policy import ModelPolicy
 from responses_proxy.record import Exchanges
 from responses_proxy.resource import buildRoot
+from responses_proxy.routes import Routes
 from responses_proxy.service import (
     ClosingService,
     ProxyApplicationService,
@@ -32,9 +47,43 @@ from responses_proxy.service import (
 )
 from responses_proxy.site import ProxySite
 from responses_proxy.startup import StartupError
+from responses_proxy.upgrades import WebSocketRefusal
 from responses_proxy.upstream import upstreamClientFor
+from responses_proxy.usage import watchUsage
 
 Options = ProxyOptions
+
+
+def admissionFor(
+    config: ProxyOptions,
+    reactor: Any,
+    routes: Routes,
+    exchanges: Exchanges,
+    ledger: Ledger | None,
+) -> Admission:
+    """
+    The admission checks the options ask for, in the order they run.
+
+    @raise StartupError: an C{--allow-user} or C{--allow-group} names no
+        such user or group.
+    """
+    headChecks: list[HeadCheck] = [refuseBrowsers, HostCheck(config["allow-host"])]
+    if config["allow-user"] or config["allow-group"]:
+        uids = [resolveUser(user) for user in config["allow-user"]]
+        gids = [resolveGroup(group) for group in config["allow-group"]]
+        headChecks.append(CallerPolicy(uids, gids, reactor))
+    headChecks.append(WebSocketRefusal(routes))
+    exchangeChecks: list[ExchangeCheck] = []
+    if config["allow-model"]:
+        exchangeChecks.append(ModelPolicy(config["allow-model"]))
+    limits = {
+        "concurrentPerUser": config["max-concurrent-per-user"],
+        "tokensPerDay": config["max-tokens-per-day"],
+        "tokensPerDayTotal": config["max-tokens-per-day-total"],
+    }
+    if any(value is not None for value in limits.values()):
+        exchangeChecks.append(Limits(exchanges, ledger, **limits))
+    return Admission(headChecks, [requireJSON], exchangeChecks)
 
 
 def makeService(
@@ -87,7 +136,13 @@ def _compose(
 ) -> ProxyApplicationService:
     upstream = upstreamClientFor(config, reactor, environ)
     exchanges = Exchanges()
-    observers: list[ObserverFactory] = []
+    ledger = closeLedger = None
+    if config["state-dir"]:
+        ledger, closeLedger = ledgerFor(config["state-dir"], reactor)
+        exchanges.listeners.insert(0, ledger.exchangeEnded)
+    routes = Routes(config["upstream"], config["allow-path"])
+    admission = admissionFor(config, reactor, routes, exchanges, ledger)
+    observers: list[ObserverFactory] = [watchUsage]
     if config["dump-dir"]:
         dumps = DumpWriter.forDirectory(config["dump-dir"], reactor)
         observers.append(dumps.startExchange)
@@ -101,14 +156,27 @@ def _compose(
     )
     shutdown = proxy.shutdown if config["http-shutdown"] else None
     site = ProxySite(
-        buildRoot(forwarder, shutdown),
+        buildRoot(forwarder, shutdown, routes, admission),
         reactor,
         maxRequestBody=config["max-request-body"],
         requestTimeout=config["request-timeout"],
+        identify=CallerIdentity(),
+        admission=admission,
+        routes=routes,
+        exchanges=exchanges,
     )
     endpoint, description = serverEndpoint(reactor, config.listenDescription())
     listener = ProxyService(endpoint, site, description, config["server-info"])
+    if ledger is not None and closeLedger is not None:
+        ClosingService(closeLedger, ledger.start).setServiceParent(proxy)
     ClosingService(upstream.close).setServiceParent(proxy)
+    if config["admin-socket"]:
+        metrics = Metrics(exchanges, reactor)
+        exchanges.listeners.insert(-1, metrics.exchangeEnded)
+        resource = AdminResource(
+            metrics, exchanges, ledger, reactor, lambda: proxy.draining
+        )
+        AdminService(reactor, config["admin-socket"], resource).setServiceParent(proxy)
     listener.setServiceParent(proxy)
     proxy.listener = listener
     return proxy

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_upstream -*-
+# -*- test-case-name: tests.test_upstreamconn -*-
 """
 One upstream connection, and the pool that keeps them.
 
