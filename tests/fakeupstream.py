@@ -18,18 +18,25 @@ request with headers, which the proxy forwards unchanged:
     added to any scenario's response headers.
 
 Every request is recorded in L{FakeUpstream.requests}, and every streamed
-answer's writer in L{FakeUpstream.streams}, so tests can compare what the
-upstream has sent with what their client has received.
+answer's writer in L{FakeUpstream.streams} (C{big} ones in
+L{FakeUpstream.bigBodies}), so tests can compare what the
+upstream has sent with what their client has received; its connections are
+in L{FakeUpstream.connections} (a L{Connections}, which the other test
+servers use too).
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IProtocol, ITCPTransport
+from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -43,7 +50,45 @@ from responses_proxy.demoupstream import (
     sseEvent,
 )
 
-__all__ = ["DEFAULT_TEXT", "FakeUpstream", "RecordedRequest", "makeSite", "sseEvent"]
+if TYPE_CHECKING:
+    from twisted.web.http import _GenericHTTPChannelProtocol
+
+__all__ = [
+    "DEFAULT_TEXT",
+    "Connections",
+    "FakeUpstream",
+    "RecordedRequest",
+    "makeSite",
+    "sseEvent",
+]
+
+
+class Connections(list[tuple[IProtocol, Deferred[None]]]):
+    """
+    The open (and closed) server-side connections of a test server: each
+    protocol with a L{Deferred} that fires once it is lost, so that a test
+    can wait for a close and cleanup can abort what is still open.
+    """
+
+    def opened(self, protocol: IProtocol) -> Deferred[None]:
+        """
+        Record C{protocol}'s new connection; return the L{Deferred} its
+        C{connectionLost} must fire.
+        """
+        lost: Deferred[None] = Deferred()
+        self.append((protocol, lost))
+        return lost
+
+    async def closeAll(self) -> None:
+        """
+        Abort every connection still open and wait until each is lost.
+        """
+        for protocol, lost in self:
+            if not lost.called:
+                transport = getattr(protocol, "transport", None)
+                if transport is not None:
+                    ITCPTransport(transport).abortConnection()
+                await lost
 
 
 def _intHeader(request: Request, name: bytes, default: int) -> int:
@@ -65,7 +110,7 @@ def _addResponseHeaders(request: Request) -> None:
 
 
 @dataclass
-class _Stream:
+class Stream:
     """
     Writes queued chunks one by one, C{interval} seconds apart; or, when
     C{manual}, one more each time L{step} is called (the first at once).
@@ -103,7 +148,9 @@ class _Stream:
         self.call = None
         while not self.gone:
             if self.abortAfter is not None and self.sent >= self.abortAfter:
-                self.request.channel.transport.abortConnection()
+                # Plain TCP, or TLS (which provides its TCP transport's
+                # interfaces).
+                ITCPTransport(self.request.channel.transport).abortConnection()
                 return
             if not self.chunks:
                 self.request.finish()
@@ -128,7 +175,9 @@ class FakeUpstream(Resource):
         super().__init__()
         self.reactor = reactor
         self.requests: list[RecordedRequest] = []
-        self.streams: list[_Stream | _BigBody] = []
+        self.streams: list[Stream] = []
+        self.bigBodies: list[BigBody] = []
+        self.connections = Connections()
         # Plain-text HTTP bytes received on all connections, even those
         # that never completed a request.
         self.bytesReceived = 0
@@ -155,7 +204,7 @@ class FakeUpstream(Resource):
         request.setHeader(b"openai-processing-ms", b"12")
         request.setHeader(b"x-ratelimit-remaining-requests", b"99")
         interval = _intHeader(request, b"x-fake-interval-ms", 0) / 1000
-        stream = _Stream(
+        stream = Stream(
             request,
             [sseEvent(e) for e in events],
             interval,
@@ -230,7 +279,7 @@ class FakeUpstream(Resource):
         request.setHeader(b"content-type", b"text/event-stream")
         request.write(b": stalling\n\n")
         chunks = [sseEvent(e) for e in responseEvents("fake-model", DEFAULT_TEXT)]
-        stream = _Stream(request, chunks, 0, self.reactor)
+        stream = Stream(request, chunks, 0, self.reactor)
         self.streams.append(stream)
         request.notifyFinish().addErrback(stream._lost)
         stream.call = self.reactor.callLater(delay, stream._next)
@@ -238,7 +287,7 @@ class FakeUpstream(Resource):
 
     def scenario_silent(self, request: Request, body: bytes) -> object:
         delay = _intHeader(request, b"x-fake-delay-ms", 3000) / 1000
-        stream = _Stream(request, [b'{"late": true}'], 0, self.reactor)
+        stream = Stream(request, [b'{"late": true}'], 0, self.reactor)
         self.streams.append(stream)
         request.notifyFinish().addErrback(stream._lost)
         request.setHeader(b"content-type", b"application/json")
@@ -249,13 +298,13 @@ class FakeUpstream(Resource):
         total = _intHeader(request, b"x-fake-bytes", 10 * 1024 * 1024)
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", b"%d" % total)
-        producer = _BigBody(request, total)
-        self.streams.append(producer)
+        producer = BigBody(request, total)
+        self.bigBodies.append(producer)
         request.registerProducer(producer, True)
         return NOT_DONE_YET
 
 
-class _BigBody:
+class BigBody:
     """
     A push producer of C{total} bytes that honours pause/resume, so the fake
     upstream itself never buffers more than the socket allows.
@@ -299,15 +348,47 @@ class _BigBody:
         self.stopped = True
 
 
-class _CountingChannel(HTTPChannel):
+class _UpstreamChannel(HTTPChannel):
     """
-    An HTTP channel that adds every byte it receives (after TLS
-    decryption) to its L{FakeUpstream}'s C{bytesReceived}.
+    An HTTP channel that records its connection in its L{FakeUpstream}'s
+    C{connections} and adds every byte it receives (after TLS decryption)
+    to its C{bytesReceived}.
     """
 
+    # Set by Site.buildProtocol.
+    site: _UpstreamSite
+    _lost: Deferred[None] | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._lost = self.site.upstream.connections.opened(self)
+
     def dataReceived(self, data: bytes) -> None:
-        self.site.resource.bytesReceived += len(data)
+        self.site.upstream.bytesReceived += len(data)
         super().dataReceived(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        if self._lost is not None and not self._lost.called:
+            self._lost.callback(None)
+
+
+class _UpstreamSite(Site):
+    """
+    The fake upstream's site: its own channel, no access log.
+    """
+
+    # Twisted types Site.protocol as a factory of its generic (HTTP/1.1 or
+    # HTTP/2) wrapper, but setting it to an HTTPChannel subclass is its
+    # documented way to choose the channel.
+    protocol = cast("Callable[[], _GenericHTTPChannelProtocol]", _UpstreamChannel)
+
+    def __init__(self, upstream: FakeUpstream, reactor: Any) -> None:
+        super().__init__(upstream, reactor=reactor)
+        self.upstream = upstream
+
+    def log(self, request: http.Request) -> None:
+        pass
 
 
 def makeSite(reactor: Any) -> tuple[Site, FakeUpstream]:
@@ -315,7 +396,4 @@ def makeSite(reactor: Any) -> tuple[Site, FakeUpstream]:
     A L{Site} serving a fresh L{FakeUpstream}; returns both.
     """
     upstream = FakeUpstream(reactor)
-    site = Site(upstream, reactor=reactor)
-    site.protocol = _CountingChannel
-    site.log = lambda request: None  # type: ignore[method-assign]
-    return site, upstream
+    return _UpstreamSite(upstream, reactor), upstream

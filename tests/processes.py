@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import (
     Deferred,
     DeferredSemaphore,
     gatherResults,
-    inlineCallbacks,
 )
+from twisted.internet.interfaces import IProcessTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests.support import (
@@ -37,6 +38,8 @@ from tests.support import (
     spawnEntryPoint,
     waitFor,
 )
+
+_T = TypeVar("_T")
 
 ENTRY_POINTS: dict[str, list[str]] = {
     "console script": ["responses-api-proxy"],
@@ -78,8 +81,7 @@ class ProxyDidNotStart(AssertionError):
     """
 
 
-@inlineCallbacks
-def spawnProxy(
+async def spawnProxy(
     testCase: TestCase,
     *args: str,
     entry: str = "console script",
@@ -88,7 +90,7 @@ def spawnProxy(
     serverInfoPath: str | None = None,
     timeout: float = 30.0,
     wrap: Callable[[list[str]], list[str]] | None = None,
-) -> Any:
+) -> SpawnedProxy:
     """
     Start the proxy through C{entry} with C{key} on stdin and C{args}; fire
     with a L{SpawnedProxy} once its server-info file exists (killed at
@@ -103,12 +105,12 @@ def spawnProxy(
     if wrap is not None:
         argv = wrap(argv)
     process = spawnEntryPoint(testCase, argv, stdin=key, env=env)
-    yield waitFor(
+    await waitFor(
         lambda: process.ended.called or readServerInfo(serverInfoPath), timeout
     )
     info = readServerInfo(serverInfoPath)
     if info is None:
-        result = yield process.ended
+        result = await process.ended
         raise ProxyDidNotStart(
             f"{entry} exited ({result.exitCode}, signal {result.signal}) "
             f"before writing server-info: {result.stderr!r}"
@@ -146,15 +148,21 @@ def endWithin(process: SpawnedProcess, seconds: float) -> Deferred[ProcessResult
 
 
 def inParallel(
-    calls: list[Callable[[], Deferred[Any]]], limit: int = 4
-) -> Deferred[list[Any]]:
+    calls: Sequence[Callable[[], Awaitable[_T]]], limit: int = 4
+) -> Deferred[list[_T]]:
     """
-    Run C{calls} (functions returning Deferreds) at most C{limit} at a time,
-    so a burst of spawned processes does not starve a loaded machine; fire
-    with their results in order.
+    Run C{calls} (functions returning Deferreds or coroutines) at most
+    C{limit} at a time, so a burst of spawned processes does not starve a
+    loaded machine; fire with their results in order.
     """
     semaphore = DeferredSemaphore(limit)
-    return gatherResults([semaphore.run(call) for call in calls], consumeErrors=True)
+
+    async def run(call: Callable[[], Awaitable[_T]]) -> _T:
+        return await call()
+
+    return gatherResults(
+        [semaphore.run(run, call) for call in calls], consumeErrors=True
+    )
 
 
 @dataclass
@@ -167,7 +175,7 @@ class TerminalProcess:
     @ivar ended: fires with its exit status (None if killed by a signal).
     """
 
-    transport: Any
+    transport: IProcessTransport
     output: bytearray
     ended: Deferred[int | None]
 
@@ -186,7 +194,7 @@ class _Terminal(protocol.ProcessProtocol):
     def childDataReceived(self, fd: int, data: bytes) -> None:
         self.output.extend(data)
 
-    def processEnded(self, reason: Any) -> None:
+    def processEnded(self, reason: Failure) -> None:
         self.ended.callback(getattr(reason.value, "exitCode", None))
 
 

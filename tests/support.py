@@ -3,38 +3,64 @@ Shared test fixtures: real loopback servers and clients, no mocks.
 
   - L{makeTestPKI}: a throw-away CA and server certificates made per test;
   - L{startFakeUpstream}: the bundled fake upstream on 127.0.0.1 (HTTP or HTTPS);
+  - L{serveOnLoopback}: any test server on 127.0.0.1, closed after the test;
   - L{startProxy}: the real proxy service, in-process, on an ephemeral port;
   - L{httpClient}: a treq client with its own non-persistent pool;
+  - L{rawRequest}: the bytes of a request as the proxy's clients send it;
   - L{rawExchange}: send raw bytes on a socket and collect the reply;
   - L{spawnEntryPoint}: run an installed console script or twistd.
+
+Requests made here are what a real client sends (the proxy refuses
+anything else on its head): one C{Host} naming loopback, and for
+C{POST /v1/responses} a C{Content-Type: application/json}; treq and the
+Agent set C{Host} themselves, so treq tests only need the content type
+(L{jsonHeaders}, or treq's C{json=}).
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import sysconfig
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+)
 from cryptography.x509.oid import NameOID
 from treq.client import HTTPClient
 from twisted.internet import protocol, reactor, ssl, task
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProcessTransport,
+    IPushProducer,
+    IReactorSSL,
+    ITCPTransport,
+)
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from responses_proxy.apikey import AuthHeader
 from responses_proxy.options import ProxyOptions
+from responses_proxy.service import ProxyApplicationService
+from responses_proxy.site import ProxySite
 from responses_proxy.tap import makeService
-from tests.fakeupstream import FakeUpstream, makeSite
+from tests.fakeupstream import Connections, FakeUpstream, makeSite
 
 CANARY_KEY = "sk-canary_7f3c9a1e5b2d4c6e8a0f1b3d5e7a9c2e4f6b8d0a"
+
+_T = TypeVar("_T")
 
 
 # PKI -------------------------------------------------------------------------
@@ -64,7 +90,14 @@ def _write(path: str, data: bytes) -> str:
     return path
 
 
-def _certificate(subject, issuer, key, signingKey, sans, ca=False) -> bytes:
+def _certificate(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    signingKey: CertificateIssuerPrivateKeyTypes,
+    sans: list[x509.GeneralName],
+    ca: bool = False,
+) -> bytes:
     now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -142,58 +175,80 @@ def serverContext(certPath: str, keyPath: str) -> ssl.CertificateOptions:
         cert = f.read()
     with open(keyPath, "rb") as f:
         key = f.read()
-    return ssl.PrivateCertificate.loadPEM(cert + key).options()
+    options: ssl.CertificateOptions = ssl.PrivateCertificate.loadPEM(
+        cert + key
+    ).options()
+    return options
 
 
 # Servers ---------------------------------------------------------------------
+
+
+def listenOnLoopback(
+    factory: protocol.Factory[Any],
+    port: int = 0,
+    tls: ssl.CertificateOptions | None = None,
+) -> IListeningPort:
+    """
+    Listen with C{factory} on C{port} (by default an ephemeral one) of
+    127.0.0.1, over TLS with C{tls}.
+    """
+    # The reactor's listen methods are typed for a ServerFactory (a bare one
+    # for TCP, which, Factory being invariant, no factory of a protocol
+    # subclass is), but take any protocol factory.
+    server = cast(protocol.ServerFactory, factory)
+    if tls is None:
+        return reactor.listenTCP(port, server, interface="127.0.0.1")
+    return IReactorSSL(reactor).listenSSL(port, server, tls, interface="127.0.0.1")
+
+
+def portNumber(port: IListeningPort) -> int:
+    """
+    The TCP port number C{port} listens on.
+    """
+    address = port.getHost()
+    assert isinstance(address, IPv4Address), address
+    return address.port
+
+
+def serveOnLoopback(
+    testCase: TestCase,
+    factory: protocol.Factory[Any],
+    connections: Connections,
+    tls: ssl.CertificateOptions | None = None,
+) -> int:
+    """
+    Listen with C{factory} on an ephemeral port of 127.0.0.1 (over TLS with
+    C{tls}); when the test ends, stop listening, abort the C{connections}
+    still open and wait until they are closed. Returns the port number.
+
+    C{factory}'s protocols record themselves in C{connections}
+    (L{Connections.opened}).
+    """
+    port = listenOnLoopback(factory, tls=tls)
+
+    async def close() -> None:
+        stopping = port.stopListening()
+        if stopping is not None:
+            await stopping
+        await connections.closeAll()
+
+    testCase.addCleanup(close)
+    return portNumber(port)
 
 
 @dataclass
 class RunningUpstream:
     """
     A fake upstream listening on loopback.
+
+    @ivar connections: its server-side connections, open or closed.
     """
 
     resource: FakeUpstream
     port: int
     url: str
-    connections: list[Any] = field(default_factory=list)
-
-
-def _trackConnections(site: Any, testCase: TestCase) -> list[Any]:
-    """
-    Record the server-side protocols so cleanup can wait for them to close.
-    """
-    protocols: list[Any] = []
-    original = site.buildProtocol
-
-    def buildProtocol(addr: Any) -> Any:
-        proto = original(addr)
-        lost: Deferred[None] = Deferred()
-        protocols.append((proto, lost))
-        originalLost = proto.connectionLost
-
-        def connectionLost(reason: Any) -> None:
-            originalLost(reason)
-            if not lost.called:
-                lost.callback(None)
-
-        proto.connectionLost = connectionLost
-        return proto
-
-    site.buildProtocol = buildProtocol
-    return protocols
-
-
-@inlineCallbacks
-def _closeServer(port: Any, protocols: list[Any]) -> Any:
-    yield port.stopListening()
-    for proto, lost in protocols:
-        if not lost.called:
-            transport = getattr(proto, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
-            yield lost
+    connections: Connections = field(default_factory=Connections)
 
 
 def startFakeUpstream(
@@ -206,17 +261,10 @@ def startFakeUpstream(
     when the test ends.
     """
     site, resource = makeSite(reactor)
-    protocols = _trackConnections(site, testCase)
-    if tls is None:
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        scheme = "http"
-    else:
-        port = reactor.listenSSL(0, site, tls, interface="127.0.0.1")
-        scheme = "https"
-    testCase.addCleanup(_closeServer, port, protocols)
-    number = port.getHost().port
+    number = serveOnLoopback(testCase, site, resource.connections, tls)
+    scheme = "http" if tls is None else "https"
     return RunningUpstream(
-        resource, number, f"{scheme}://127.0.0.1:{number}{path}", protocols
+        resource, number, f"{scheme}://127.0.0.1:{number}{path}", resource.connections
     )
 
 
@@ -226,9 +274,9 @@ class RunningProxy:
     The proxy service started in-process.
     """
 
-    service: Any
+    service: ProxyApplicationService
     port: int
-    site: Any
+    site: ProxySite
 
     @property
     def url(self) -> str:
@@ -264,21 +312,22 @@ def startProxy(
         # GET /shutdown drains, then must not stop the test's reactor.
         stop=lambda: None,
     )
+    # With its own reactor, makeService gives the bare proxy service.
+    assert isinstance(service, ProxyApplicationService), service
     service.privilegedStartService()
     service.startService()
-    proxyService = service.listener
-    protocols = _trackConnections(proxyService.factory, testCase)
+    listener = service.listener
+    assert listener is not None and listener.listeningPort is not None
+    site = listener.factory
+    assert isinstance(site, ProxySite), site
 
-    @inlineCallbacks
-    def stop() -> Any:
-        yield service.stopService()
-        for proto, lost in protocols:
-            if not lost.called:
-                proto.transport.abortConnection()
-                yield lost
+    async def stop() -> None:
+        await service.stopService()
+        site.abortConnections()
+        await site.whenNoConnections()
 
     testCase.addCleanup(stop)
-    return RunningProxy(service, proxyService.listeningPort, proxyService.factory)
+    return RunningProxy(service, listener.listeningPort, site)
 
 
 # Clients ---------------------------------------------------------------------
@@ -293,16 +342,64 @@ def httpClient(testCase: TestCase) -> HTTPClient:
     return HTTPClient(Agent(reactor, pool=pool))
 
 
+def jsonHeaders(
+    extra: Mapping[str, str] | None = None,
+) -> dict[bytes | str, bytes | str]:
+    """
+    The headers of a treq POST of a JSON body given as bytes: C{Content-Type:
+    application/json}, then C{extra}.
+    """
+    headers: dict[bytes | str, bytes | str] = {"Content-Type": "application/json"}
+    headers.update(extra or {})
+    return headers
+
+
+def rawRequest(
+    body: bytes | None = b'{"model": "m", "input": "hi"}',
+    extra: bytes = b"",
+    *,
+    method: bytes = b"POST",
+    target: bytes = b"/v1/responses",
+    host: bytes = b"127.0.0.1",
+    contentType: bytes | None = b"application/json",
+    close: bool = True,
+) -> bytes:
+    """
+    The bytes of a request as the proxy's clients send it: C{Host:
+    127.0.0.1}, and with a C{body} its C{Content-Type} (JSON) and
+    C{Content-Length}; C{Connection: close} unless C{close} is false.
+
+    @param extra: more header lines, each ending in CRLF.
+    """
+    head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host)
+    if body is not None:
+        if contentType is not None:
+            head += b"Content-Type: %s\r\n" % (contentType,)
+        head += b"Content-Length: %d\r\n" % (len(body),)
+    if close:
+        head += b"Connection: close\r\n"
+    return head + extra + b"\r\n" + (body or b"")
+
+
+def tcpTransport(connected: protocol.Protocol) -> ITCPTransport:
+    """
+    The transport of a connected protocol, as the TCP transport it is here
+    (also under TLS, which provides its TCP transport's interfaces):
+    L{protocol.Protocol.transport} is typed as a bare, optional ITransport.
+    """
+    return ITCPTransport(connected.transport)
+
+
 class _Collect(protocol.Protocol):
     def __init__(self) -> None:
         self.data = bytearray()
         self.done: Deferred[bytes] = Deferred()
-        self.lostReason: Any = None
+        self.lostReason: Failure | None = None
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.lostReason = reason
         self.done.callback(bytes(self.data))
 
@@ -314,14 +411,16 @@ def rawExchange(
     Connect to 127.0.0.1:C{port}, send C{payload} and return everything
     received until the server closes (or C{timeout} passes: then we close).
     """
-    endpoint = protocol.ClientCreator(reactor, _Collect)
-    d = endpoint.connectTCP("127.0.0.1", port)
+    connecting: Deferred[_Collect] = protocol.ClientCreator(
+        reactor, _Collect
+    ).connectTCP("127.0.0.1", port)
 
     def connected(proto: _Collect) -> Deferred[bytes]:
-        proto.transport.write(payload)
+        transport = tcpTransport(proto)
+        transport.write(payload)
         if halfClose:
-            proto.transport.loseWriteConnection()
-        call = reactor.callLater(timeout, proto.transport.abortConnection)
+            transport.loseWriteConnection()
+        call = reactor.callLater(timeout, transport.abortConnection)
 
         def finished(data: bytes) -> bytes:
             if call.active():
@@ -330,18 +429,19 @@ def rawExchange(
 
         return proto.done.addCallback(finished)
 
-    return d.addCallback(connected)
+    return connecting.addCallback(connected)
 
 
-def waitFor(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Deferred:
+def waitFor(
+    predicate: Callable[[], _T], timeout: float = 10.0, interval: float = 0.02
+) -> Deferred[_T]:
     """
     Poll C{predicate} until it returns a true value (fires with it) or
     C{timeout} passes (fails with AssertionError).
     """
     deadline = reactor.seconds() + timeout
 
-    @inlineCallbacks
-    def poll() -> Any:
+    async def poll() -> _T:
         while True:
             value = predicate()
             if value:
@@ -350,9 +450,9 @@ def waitFor(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> De
                 raise AssertionError(
                     f"timed out after {timeout}s waiting for {predicate}"
                 )
-            yield task.deferLater(reactor, interval, lambda: None)
+            await task.deferLater(reactor, interval)
 
-    return poll()
+    return Deferred.fromCoroutine(poll())
 
 
 # Processes -------------------------------------------------------------------
@@ -367,6 +467,10 @@ def scriptPath(name: str) -> str:
 
 @dataclass
 class ProcessResult:
+    """
+    How a spawned process ended, and everything it wrote.
+    """
+
     exitCode: int | None
     signal: int | None
     stdout: bytes
@@ -374,6 +478,8 @@ class ProcessResult:
 
 
 class _Capture(protocol.ProcessProtocol):
+    transport: IProcessTransport
+
     def __init__(self, stdin: bytes | None) -> None:
         self.stdin = stdin
         self.out = bytearray()
@@ -391,7 +497,7 @@ class _Capture(protocol.ProcessProtocol):
     def errReceived(self, data: bytes) -> None:
         self.err += data
 
-    def processEnded(self, reason: Any) -> None:
+    def processEnded(self, reason: Failure) -> None:
         value = reason.value
         code = getattr(value, "exitCode", None)
         sig = getattr(value, "signal", None)
@@ -453,7 +559,7 @@ def spawnEntryPoint(
         path=path,
     )
 
-    def cleanup() -> Deferred | None:
+    def cleanup() -> Deferred[ProcessResult] | None:
         if not capture.ended.called:
             try:
                 transport.signalProcess("KILL")
@@ -470,13 +576,12 @@ def readServerInfo(path: str) -> dict[str, Any] | None:
     """
     The parsed server-info file, or None while it does not exist yet.
     """
-    import json
-
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read())
+            info: dict[str, Any] = json.loads(f.read())
     except FileNotFoundError:
         return None
+    return info
 
 
 # Raw HTTP responses -----------------------------------------------------------
@@ -560,12 +665,12 @@ class RawConnection(protocol.Protocol):
     def __init__(self) -> None:
         self.data = bytearray()
         self.closed: Deferred[None] = Deferred()
-        self.lostReason: Any = None
+        self.lostReason: Failure | None = None
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.lostReason = reason
         self.closed.callback(None)
 
@@ -573,15 +678,21 @@ class RawConnection(protocol.Protocol):
         """
         Write C{data} to the server.
         """
-        self.transport.write(data)
+        tcpTransport(self).write(data)
 
-    def waitForBytes(self, marker: bytes, timeout: float = 10.0) -> Deferred[Any]:
+    def abort(self) -> None:
+        """
+        Close the connection at once, discarding what is not sent yet.
+        """
+        tcpTransport(self).abortConnection()
+
+    def waitForBytes(self, marker: bytes, timeout: float = 10.0) -> Deferred[bool]:
         """
         Wait (with a deadline) until C{marker} was received.
         """
         return waitFor(lambda: marker in self.data, timeout)
 
-    def waitForResponse(self, timeout: float = 10.0) -> Deferred[Any]:
+    def waitForResponse(self, timeout: float = 10.0) -> Deferred[bool]:
         """
         Wait (with a deadline) until a complete response was received,
         whatever its framing (chunked or C{Content-Length}).
@@ -598,13 +709,13 @@ class RawConnection(protocol.Protocol):
         """
         Stop reading from the socket, so the server's writes back up.
         """
-        self.transport.pauseProducing()
+        IPushProducer(self.transport).pauseProducing()
 
     def startReading(self) -> None:
         """
         Read from the socket again.
         """
-        self.transport.resumeProducing()
+        IPushProducer(self.transport).resumeProducing()
 
 
 def connectRaw(testCase: TestCase, port: int) -> Deferred[RawConnection]:
@@ -612,13 +723,15 @@ def connectRaw(testCase: TestCase, port: int) -> Deferred[RawConnection]:
     Connect a L{RawConnection} to 127.0.0.1:C{port}; aborted (and waited
     for) at cleanup if still open.
     """
-    d = protocol.ClientCreator(reactor, RawConnection).connectTCP("127.0.0.1", port)
+    d: Deferred[RawConnection] = protocol.ClientCreator(
+        reactor, RawConnection
+    ).connectTCP("127.0.0.1", port)
 
     def connected(conn: RawConnection) -> RawConnection:
-        def cleanup() -> Deferred[Any] | None:
+        def cleanup() -> Deferred[None] | None:
             if conn.closed.called:
                 return None
-            conn.transport.abortConnection()
+            conn.abort()
             return conn.closed
 
         testCase.addCleanup(cleanup)

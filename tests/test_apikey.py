@@ -1,6 +1,11 @@
+# -*- test-case-name: tests.test_apikey -*-
 """
 The API key: read once from standard input, validated without ever being
 echoed, and kept as one C{Bearer <key>} buffer that is C{mlock}ed.
+
+Integration tests (processes): the installed entry points reading the key
+(L{SpawnedKeyTests}); the reading itself runs in this process, on real
+pipes (L{ReadAuthHeaderTests}).
 """
 
 from __future__ import annotations
@@ -10,11 +15,12 @@ import os
 import resource
 import select
 import tempfile
+from functools import partial
 from typing import Any
 
 import treq
-from twisted.internet.defer import gatherResults, inlineCallbacks
-from twisted.logger import capturedLogs
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from responses_proxy import _libc, apikey
@@ -32,6 +38,7 @@ from tests.support import (
     CANARY_KEY,
     childEnvironment,
     httpClient,
+    jsonHeaders,
     readServerInfo,
     scriptPath,
     spawnEntryPoint,
@@ -86,6 +93,10 @@ class ReadAuthHeaderTests(SynchronousTestCase):
     """
 
     def read(self, data: bytes, **kwargs: Any) -> AuthHeader:
+        """
+        The header L{apikey.readAuthHeader} reads from a pipe holding
+        C{data}; wiped after the test.
+        """
         fd = pipeWith(data)
         self.addCleanup(os.close, fd)
         header = apikey.readAuthHeader(fd, **kwargs)
@@ -93,9 +104,13 @@ class ReadAuthHeaderTests(SynchronousTestCase):
         return header
 
     def assertRejected(self, data: bytes, reason: str) -> InvalidKey:
+        """
+        Reading C{data} raises L{InvalidKey} saying C{reason}, without the
+        key in the message.
+        """
         fd = pipeWith(data)
         self.addCleanup(os.close, fd)
-        error = self.assertRaises(InvalidKey, apikey.readAuthHeader, fd)
+        error: InvalidKey = self.assertRaises(InvalidKey, apikey.readAuthHeader, fd)
         self.assertIn(reason, str(error))
         key = data.strip()
         if len(key) >= 3:
@@ -246,7 +261,7 @@ class ReadAuthHeaderTests(SynchronousTestCase):
             header = self.read(b"sk-secret-value\n")
         self.assertFalse(header.locked)
         self.assertEqual(header.value, b"Bearer sk-secret-value")
-        [event] = [e for e in events if e.get("log_level").name == "warn"]
+        [event] = [e for e in events if e.get("log_level") == LogLevel.warn]
         self.assertIn("mlock", event["log_format"])
         self.assertNotIn("sk-secret-value", repr(event))
 
@@ -276,8 +291,9 @@ class ReadAuthHeaderTests(SynchronousTestCase):
                 made.append(self)
 
         # apikey looks bytearray up in its globals before the builtins.
-        apikey.bytearray = Tracking  # type: ignore[attr-defined]
-        self.addCleanup(delattr, apikey, "bytearray")
+        namespace = vars(apikey)
+        namespace["bytearray"] = Tracking
+        self.addCleanup(namespace.pop, "bytearray")
         self.read(b"sk-zero-me\n")
         self.assertRaises(InvalidKey, self.read, b"sk-bad key\n")
         self.assertTrue(made)
@@ -381,8 +397,12 @@ class SpawnedKeyTests(TestCase):
     The key as the installed entry points read it.
     """
 
-    @inlineCallbacks
-    def _refused(self, entry: str, stdin: bytes | None, shell: str = "") -> Any:
+    async def _refused(self, entry: str, stdin: bytes | None, shell: str = "") -> str:
+        """
+        Start C{entry} with C{stdin} (through C{sh -c "exec ... shell"} when
+        C{shell} redirects it); check it exits 1 with one line, before
+        listening; that line.
+        """
         info = os.path.join(self.mktemp(), "info.json")
         argv = [*ENTRY_POINTS[entry], "--server-info", info]
         if shell:
@@ -392,7 +412,7 @@ class SpawnedKeyTests(TestCase):
             )
             argv = ["/bin/sh", "-c", f"exec {command} {shell}"]
         process = spawnEntryPoint(self, argv, stdin=stdin)
-        result = yield endWithin(process, 30)
+        result = await endWithin(process, 30)
         self.assertEqual(result.exitCode, 1, result.stderr)
         lines = [line for line in result.stderr.decode().splitlines() if line]
         self.assertEqual(len(lines), 1, lines)
@@ -400,8 +420,7 @@ class SpawnedKeyTests(TestCase):
         self.assertIsNone(readServerInfo(info))
         return lines[0]
 
-    @inlineCallbacks
-    def test_badKeys(self) -> Any:
+    async def test_badKeys(self) -> None:
         """
         Through both the console script and twistd, each bad input ends the
         process with exit 1 and one line naming the problem (never the key),
@@ -419,26 +438,26 @@ class SpawnedKeyTests(TestCase):
         # twistd shares the code path; a few of its cases are enough.
         runs = [("console script", stdin, reason) for stdin, reason in cases]
         runs += [("twistd", stdin, reason) for stdin, reason in cases[::3]]
-        lines = yield inParallel(
-            [lambda e=e, s=s: self._refused(e, s) for e, s, _ in runs]
-        )
+        lines = await inParallel([partial(self._refused, e, s) for e, s, _ in runs])
         for (entry, stdin, reason), line in zip(runs, lines, strict=True):
             self.assertIn(reason, line, (entry, stdin))
             self.assertNotIn(CANARY_KEY, line)
 
-    @inlineCallbacks
-    def test_noStdin(self) -> Any:
+    async def test_noStdin(self) -> None:
         """
         Started with stdin closed or from /dev/null, both entry points say
         clearly that there is no key.
         """
         entries = ("console script", "twistd")
-        closed, devNull = yield gatherResults(
+        closed, devNull = await gatherResults(
             [
-                gatherResults([self._refused(e, None, shell="<&-") for e in entries]),
                 gatherResults(
-                    [self._refused(e, None, shell="</dev/null") for e in entries]
-                ),
+                    [
+                        Deferred.fromCoroutine(self._refused(e, None, shell=shell))
+                        for e in entries
+                    ]
+                )
+                for shell in ("<&-", "</dev/null")
             ]
         )
         for line in closed:
@@ -446,8 +465,7 @@ class SpawnedKeyTests(TestCase):
         for line in devNull:
             self.assertIn("it was empty", line)
 
-    @inlineCallbacks
-    def test_keyFromTerminal(self) -> Any:
+    async def test_keyFromTerminal(self) -> None:
         """
         With a terminal as stdin the proxy says it is waiting for the key
         (and how to end it), reads what is typed up to Ctrl-D without
@@ -455,29 +473,27 @@ class SpawnedKeyTests(TestCase):
         """
         info = os.path.join(os.path.abspath(self.mktemp()), "info.json")
         terminal = spawnOnTerminal(self, ["responses-api-proxy", "--server-info", info])
-        yield waitFor(lambda: b"end it with Ctrl-D" in terminal.output)
+        await waitFor(lambda: b"end it with Ctrl-D" in terminal.output)
         self.assertIsNone(readServerInfo(info))
         terminal.type(CANARY_KEY.encode() + b"\n\x04")
-        yield waitFor(lambda: readServerInfo(info) or terminal.ended.called)
+        await waitFor(lambda: readServerInfo(info) or terminal.ended.called)
         self.assertIsNotNone(readServerInfo(info), bytes(terminal.output))
         self.assertNotIn(CANARY_KEY.encode()[:12], bytes(terminal.output))
 
-    @inlineCallbacks
-    def test_interruptWhileTyping(self) -> Any:
+    async def test_interruptWhileTyping(self) -> None:
         """
         Ctrl-C (SIGINT) while the proxy waits for the key at a terminal
         ends it with status 130 and one line, no traceback.
         """
         terminal = spawnOnTerminal(self, ["responses-api-proxy"])
-        yield waitFor(lambda: b"end it with Ctrl-D" in terminal.output)
+        await waitFor(lambda: b"end it with Ctrl-D" in terminal.output)
         terminal.transport.signalProcess("INT")
-        code = yield terminal.ended
+        code = await terminal.ended
         self.assertEqual(code, 130, bytes(terminal.output))
         self.assertNotIn(b"Traceback", terminal.output)
         self.assertIn(b"responses-api-proxy: interrupted", terminal.output)
 
-    @inlineCallbacks
-    def test_keyOnceInMemory(self) -> Any:
+    async def test_keyOnceInMemory(self) -> None:
         """
         After start-up and after traffic, the key is in the proxy's memory
         once (the locked header buffer): no forgotten copies from reading,
@@ -485,7 +501,7 @@ class SpawnedKeyTests(TestCase):
         copy is tolerated; one has always been measured.)
         """
         upstream = startFakeUpstream(self)
-        proxy = yield spawnProxy(self, "--upstream-url", upstream.url)
+        proxy = await spawnProxy(self, "--upstream-url", upstream.url)
         needle = CANARY_KEY.encode()[3:]
         try:
             atStart = countInMemory(proxy.pid, needle)
@@ -493,40 +509,37 @@ class SpawnedKeyTests(TestCase):
             raise self.skipTest("cannot read another process's memory here") from None
         client = httpClient(self)
         for _ in range(5):
-            response = yield client.post(
-                proxy.url, data=b'{"model": "m", "stream": true}'
+            response = await client.post(
+                proxy.url, data=b'{"model": "m", "stream": true}', headers=jsonHeaders()
             )
-            yield treq.content(response)
+            await treq.content(response)
         self.assertEqual(len(upstream.resource.requests), 5)
         self.assertEqual(atStart, 1)
         self.assertIn(countInMemory(proxy.pid, needle), (1, 2))
 
-    @inlineCallbacks
-    def test_keyLockedInRunningProxy(self) -> Any:
+    async def test_keyLockedInRunningProxy(self) -> None:
         """
         A running proxy has locked memory (VmLck > 0) for the key buffer.
         """
         if not canLock():
             raise self.skipTest("RLIMIT_MEMLOCK does not allow locking a page")
-        proxy = yield spawnProxy(self)
+        proxy = await spawnProxy(self)
         locked = procStatus(proxy.pid)["VmLck"]
         self.assertGreater(int(locked.split()[0]), 0, locked)
 
-    @inlineCallbacks
-    def test_lockFailureWarns(self) -> Any:
+    async def test_lockFailureWarns(self) -> None:
         """
         When C{mlock} is refused (no CAP_IPC_LOCK, RLIMIT_MEMLOCK 0) the proxy
         warns and still serves.
         """
         wrap = lambda argv: restrictedArgv(argv, memlock=0, dropIpcLock=True)  # noqa
-        proxy = yield spawnProxy(self, wrap=wrap)
+        proxy = await spawnProxy(self, wrap=wrap)
         self.assertEqual(procStatus(proxy.pid)["VmLck"].split()[0], "0")
         proxy.process.signal("TERM")
-        result = yield proxy.process.ended
+        result = await proxy.process.ended
         self.assertIn(b"Could not mlock the API key buffer", result.stderr)
 
-    @inlineCallbacks
-    def test_lockFailureFatalInSecureMode(self) -> Any:
+    async def test_lockFailureFatalInSecureMode(self) -> None:
         """
         With CODEX_SECURE_MODE=1 a refused C{mlock} is fatal: exit 1, one
         line, nothing listening.
@@ -543,7 +556,7 @@ class SpawnedKeyTests(TestCase):
             stdin=CANARY_KEY.encode(),
             env=childEnvironment(CODEX_SECURE_MODE="1"),
         )
-        result = yield endWithin(process, 10)
+        result = await endWithin(process, 10)
         if result.exitCode == 97:
             raise self.skipTest("cannot drop CAP_IPC_LOCK here")
         self.assertEqual(result.exitCode, 1, result.stderr)

@@ -1,8 +1,11 @@
+# -*- test-case-name: tests.test_canary -*-
 """
 The canary: a spawned proxy runs on a recognisable key through every kind
 of traffic, and the key (in any of the forms it could leak in) appears
 nowhere it must not: no log line, no dump file, not the server-info file,
 no byte sent to any client, not the process's command line or environment.
+
+Integration tests (processes): spawned proxies, loopback sockets.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ import base64
 import json
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING
 
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.processes import endWithin, spawnProxy
@@ -46,11 +49,12 @@ def request(
     method: bytes = b"POST",
     body: bytes = BODY,
     headers: dict[bytes, bytes] | None = None,
+    host: bytes = b"127.0.0.1",
 ) -> bytes:
     """
     One complete HTTP/1.1 request that asks the server to close afterwards.
     """
-    lines = [method + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1"]
+    lines = [method + b" " + target + b" HTTP/1.1", b"Host: " + host]
     allHeaders = {b"Connection": b"close", b"Content-Type": b"application/json"}
     allHeaders.update(headers or {})
     if body or method == b"POST":
@@ -85,25 +89,41 @@ TRAFFIC: list[tuple[str, bytes]] = [
     ("shutdown disabled", request(b"/shutdown", method=b"GET", body=b"")),
     ("PUT", request(method=b"PUT")),
     ("OPTIONS *", request(b"*", method=b"OPTIONS", body=b"")),
+    ("browser", request(headers={b"Origin": b"https://page.example"})),
+    ("foreign Host", request(host=b"attacker.example")),
+    (
+        "form body",
+        request(headers={b"Content-Type": b"application/x-www-form-urlencoded"}),
+    ),
+    (
+        "WebSocket upgrade",
+        request(
+            method=b"GET",
+            body=b"",
+            headers={b"Connection": b"Upgrade", b"Upgrade": b"websocket"},
+        ),
+    ),
     ("too large (announced)", request(body=b"x" * 5000)),
     (
         "too large (chunked)",
-        b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
+        b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
         + (b"800\r\n" + b"y" * 0x800 + b"\r\n") * 3
         + b"0\r\n\r\n",
     ),
     ("garbage", b"\x00\x01\x02 not http at all\r\n\r\n"),
-    ("bad version", b"GET /v1/responses HTTP/9.9\r\nHost: x\r\n\r\n"),
+    ("bad version", b"GET /v1/responses HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n"),
     ("header without colon", b"POST /v1/responses HTTP/1.1\r\nHost x\r\n\r\n"),
     (
         "bad chunk size",
-        b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
+        b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\n\r\n",
     ),
     (
         "two content lengths",
-        b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\n"
         b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
     ),
     ("huge header", request(headers={b"X-Big": b"h" * 70000})),
@@ -119,7 +139,15 @@ def freePort() -> int:
         return int(s.getsockname()[1])
 
 
-class _CanaryTests:
+if TYPE_CHECKING:
+    # The mixin is only ever mixed into a TestCase (and must not be one
+    # itself, or trial would run it without an entry point).
+    _MixinBase = TestCase
+else:
+    _MixinBase = object
+
+
+class _CanaryTests(_MixinBase):
     """
     Run the traffic through the entry point C{entry}, then search.
     """
@@ -127,22 +155,25 @@ class _CanaryTests:
     entry: str
     extraArgs: tuple[str, ...] = ()
 
-    def assertNoLeak(self: Any, where: str, data: bytes) -> None:
+    def assertNoLeak(self, where: str, data: bytes) -> None:
+        """
+        None of the L{leakForms} of the key is in C{data}, found C{where}.
+        """
         for form in leakForms(CANARY_KEY):
             if form in data:
                 self.fail(f"the key leaked ({form!r}) in {where}")
 
-    @inlineCallbacks
-    def test_keyNeverLeaks(self: Any) -> Any:
+    async def test_keyNeverLeaks(self) -> None:
         """
-        After successes, 403s, upstream errors (refused, dropped), 413s and
-        malformed requests, the key is in no output line, dump file,
+        After successes, 403s (routing and admission), 415s, 426s, upstream
+        errors (refused, dropped), 413s and malformed requests, the key is
+        in no output line, dump file,
         server-info file or client-visible byte, nor in /proc cmdline or
         environ; and the upstream did receive it.
         """
         upstream = startFakeUpstream(self)
         dumps = os.path.abspath(self.mktemp())
-        proxy = yield spawnProxy(
+        proxy = await spawnProxy(
             self,
             "--upstream-url",
             upstream.url,
@@ -153,7 +184,7 @@ class _CanaryTests:
             *self.extraArgs,
             entry=self.entry,
         )
-        refusing = yield spawnProxy(
+        refusing = await spawnProxy(
             self,
             "--upstream-url",
             f"http://127.0.0.1:{freePort()}/v1/responses",
@@ -169,7 +200,7 @@ class _CanaryTests:
             serverInfo = f.read()
         self.assertNoLeak("the server-info file", serverInfo)
 
-        replies = yield gatherResults(
+        replies = await gatherResults(
             [rawExchange(proxy.port, payload, timeout=5) for _, payload in TRAFFIC]
             + [rawExchange(refusing.port, request(), timeout=5)]
         )
@@ -182,6 +213,10 @@ class _CanaryTests:
         self.assertEqual(statuses["streamed success"], b"200")
         self.assertEqual(statuses["upstream 401"], b"401")
         self.assertEqual(statuses["GET /v1/responses"], b"403")
+        self.assertEqual(statuses["browser"], b"403")
+        self.assertEqual(statuses["foreign Host"], b"403")
+        self.assertEqual(statuses["form body"], b"415")
+        self.assertEqual(statuses["WebSocket upgrade"], b"426")
         self.assertEqual(statuses["too large (announced)"], b"413")
         self.assertEqual(statuses["too large (chunked)"], b"413")
         self.assertEqual(statuses["upstream refused"], b"502")
@@ -196,7 +231,7 @@ class _CanaryTests:
         results = []
         for process in (proxy, refusing):
             process.process.signal("TERM")
-            result = yield endWithin(process.process, 5)
+            result = await endWithin(process.process, 5)
             self.assertEqual(result.exitCode, 0, result.stderr)
             results.append(result)
         for result in results:

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_chaos -*-
 """
 Chaos: thousands of requests through the real proxy process while the
 upstream misbehaves at random (resets before headers and mid-body, clean
@@ -8,6 +9,9 @@ error (the proxy's JSON 502, or an aborted connection when the upstream
 died mid-body, never a response that looks complete but is cut), the
 proxy's file descriptors and memory are back near idle, no traceback was
 logged, and the proxy still serves.
+
+Integration tests (processes): a spawned proxy, loopback sockets and the
+global reactor; L{ClosingConnectionNotPooledTests} runs in memory.
 """
 
 from __future__ import annotations
@@ -17,25 +21,29 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import (
     Deferred,
     DeferredList,
     DeferredSemaphore,
-    inlineCallbacks,
-    maybeDeferred,
+    succeed,
 )
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests.support import (
     CANARY_KEY,
     childEnvironment,
+    listenOnLoopback,
+    portNumber,
     readServerInfo,
     spawnEntryPoint,
+    tcpTransport,
     waitFor,
 )
 from tests.test_hostile import parseResponse
@@ -104,7 +112,7 @@ class ChaosUpstreamProtocol(protocol.Protocol):
 
     def connectionMade(self) -> None:
         self.buffer = b""
-        self.calls: list[Any] = []
+        self.calls: list[IDelayedCall] = []
         self.lostAt: float | None = None
         self.stalling = False
         self.factory.connections.append(self)
@@ -127,10 +135,18 @@ class ChaosUpstreamProtocol(protocol.Protocol):
             if self.transport is None or self.stalling:
                 return
 
-    def later(self, delay: float, function: Any, *args: Any) -> None:
+    def later(
+        self, delay: float, function: Callable[..., object], *args: object
+    ) -> None:
+        """
+        Call C{function} in C{delay} seconds, unless the connection is lost.
+        """
         self.calls.append(reactor.callLater(delay, function, *args))
 
     def answer(self, headers: dict[bytes, bytes], body: bytes) -> None:
+        """
+        Answer one request as its C{x-chaos-mode} says.
+        """
         mode = headers[b"x-chaos-mode"].decode()
         seed = int(headers[b"x-chaos-seed"])
         self.factory.received.append((mode, seed, hashlib.sha256(body).hexdigest()))
@@ -139,9 +155,9 @@ class ChaosUpstreamProtocol(protocol.Protocol):
         payload = expectedBody(seed)
         status = expectedStatus(mode, seed)
         if mode == "reset-before-headers":
-            self.transport.abortConnection()
+            tcpTransport(self).abortConnection()
         elif mode == "close-before-headers":
-            self.transport.loseConnection()
+            tcpTransport(self).loseConnection()
         elif mode in ("ok-length", "status", "slow", "reset-mid-length"):
             head = (
                 b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
@@ -150,14 +166,14 @@ class ChaosUpstreamProtocol(protocol.Protocol):
             )
             whole = head + payload + b"0123456789"
             if mode == "reset-mid-length":
-                self.transport.write(whole[: len(head) + len(payload) // 2])
-                self.later(0.01, self.transport.abortConnection)
+                tcpTransport(self).write(whole[: len(head) + len(payload) // 2])
+                self.later(0.01, tcpTransport(self).abortConnection)
             elif mode == "slow":
                 self.later(random.Random(seed).uniform(0.1, 0.8), self.send, whole)
             else:
-                self.transport.write(whole)
+                tcpTransport(self).write(whole)
         elif mode in ("ok-chunked", "reset-mid-chunked", "stall"):
-            self.transport.write(
+            tcpTransport(self).write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                 b"X-Body-Sha256: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % digest
             )
@@ -165,37 +181,44 @@ class ChaosUpstreamProtocol(protocol.Protocol):
             pieces.append(b"0123456789")
             if mode == "stall":
                 self.stalling = True
-                self.transport.write(b"%x\r\n%s\r\n" % (len(pieces[0]), pieces[0]))
+                tcpTransport(self).write(b"%x\r\n%s\r\n" % (len(pieces[0]), pieces[0]))
                 return
             if mode == "reset-mid-chunked":
                 pieces = pieces[: max(1, len(pieces) // 2)]
             self.sendChunks(pieces, mode == "reset-mid-chunked")
 
     def send(self, data: bytes) -> None:
+        """
+        Send C{data}, unless the connection is lost.
+        """
         if self.transport is not None and self.lostAt is None:
-            self.transport.write(data)
+            tcpTransport(self).write(data)
 
     def sendChunks(self, pieces: list[bytes], abort: bool) -> None:
+        """
+        Send C{pieces} as chunks, one every 2 ms, then the last chunk (or,
+        if C{abort}, abort the connection instead).
+        """
         if self.lostAt is not None:
             return
         if not pieces:
             if abort:
-                self.transport.abortConnection()
+                tcpTransport(self).abortConnection()
             else:
-                self.transport.write(b"0\r\n\r\n")
+                tcpTransport(self).write(b"0\r\n\r\n")
             return
         piece = pieces.pop(0)
-        self.transport.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        tcpTransport(self).write(b"%x\r\n%s\r\n" % (len(piece), piece))
         self.later(0.002, self.sendChunks, pieces, abort)
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.lostAt = reactor.seconds()
         for call in self.calls:
             if call.active():
                 call.cancel()
 
 
-class ChaosUpstreamFactory(protocol.Factory):
+class ChaosUpstreamFactory(protocol.ServerFactory[ChaosUpstreamProtocol]):
     """
     Builds L{ChaosUpstreamProtocol}s and remembers them.
     """
@@ -213,7 +236,7 @@ class ChaosUpstreamFactory(protocol.Factory):
         """
         for connection in self.connections:
             if connection.lostAt is None and connection.transport is not None:
-                connection.transport.abortConnection()
+                tcpTransport(connection).abortConnection()
 
 
 class _RefusalWindows:
@@ -222,18 +245,24 @@ class _RefusalWindows:
     are refused (ECONNREFUSED) while pooled ones keep working.
     """
 
-    def __init__(self, factory: ChaosUpstreamFactory, port: Any) -> None:
+    def __init__(self, factory: ChaosUpstreamFactory, port: IListeningPort) -> None:
         self.factory = factory
         self.port = port
-        self.number = port.getHost().port
+        self.number = portNumber(port)
+        self.listening = True
         self.stopped = False
-        self.closing: Deferred[Any] | None = None
+        self.closing: Deferred[None] | None = None
         self.windows: list[list[float]] = []
-        self.call: Any = reactor.callLater(0.5, self.close)
+        self.call = reactor.callLater(0.5, self.close)
 
     def close(self) -> None:
+        """
+        Stop listening; start listening again in 50 ms.
+        """
         self.windows.append([reactor.seconds(), float("inf")])
-        self.closing = maybeDeferred(self.port.stopListening)
+        self.listening = False
+        stopping = self.port.stopListening()
+        self.closing = succeed(None) if stopping is None else stopping
         self.closing.addCallback(self._closed)
 
     def _closed(self, _: object) -> None:
@@ -242,14 +271,17 @@ class _RefusalWindows:
             self.call = reactor.callLater(0.05, self.reopen)
 
     def reopen(self) -> None:
-        self.port = reactor.listenTCP(self.number, self.factory, interface="127.0.0.1")
+        """
+        Listen again on the same port; stop again in 0.5 s.
+        """
+        self.port = listenOnLoopback(self.factory, self.number)
+        self.listening = True
         if self.windows:
             self.windows[-1][1] = reactor.seconds()
         if not self.stopped:
             self.call = reactor.callLater(0.5, self.close)
 
-    @inlineCallbacks
-    def stop(self) -> Any:
+    async def stop(self) -> None:
         """
         Stop toggling, leaving the port listening.
         """
@@ -257,8 +289,8 @@ class _RefusalWindows:
         if self.call.active():
             self.call.cancel()
         if self.closing is not None:
-            yield self.closing
-        if not self.port.connected:
+            await self.closing
+        if not self.listening:
             self.reopen()
 
 
@@ -295,21 +327,27 @@ class ChaosClient(protocol.Protocol):
         self.outcomes = outcomes
         self.index = 0
         self.data = bytearray()
-        self.call: Any = None
+        self.call: IDelayedCall | None = None
 
     @property
     def current(self) -> Outcome:
+        """
+        The outcome of the request being sent or answered.
+        """
         return self.outcomes[self.index]
 
     def connectionMade(self) -> None:
         self.sendCurrent()
 
     def sendCurrent(self) -> None:
+        """
+        Send the current request (and maybe leave before its answer).
+        """
         outcome = self.current
         outcome.startedAt = reactor.seconds()
         last = self.index == len(self.outcomes) - 1
-        self.transport.write(
-            b"POST /v1/responses HTTP/1.1\r\nHost: proxy\r\nConnection: %s\r\n"
+        tcpTransport(self).write(
+            b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: %s\r\n"
             b"Content-Type: application/json\r\nAuthorization: Bearer nope\r\n"
             b"X-Chaos-Mode: %s\r\nX-Chaos-Seed: %d\r\nContent-Length: %d\r\n\r\n%s"
             % (
@@ -327,8 +365,11 @@ class ChaosClient(protocol.Protocol):
             self.call = reactor.callLater(patience, self.leave)
 
     def leave(self) -> None:
+        """
+        Go away without waiting for the answer.
+        """
         self.current.left = True
-        self.transport.abortConnection()
+        tcpTransport(self).abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
@@ -346,7 +387,7 @@ class ChaosClient(protocol.Protocol):
         self.index += 1
         self.sendCurrent()
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self.call is not None and self.call.active():
             self.call.cancel()
         self.current.data = bytes(self.data)
@@ -361,7 +402,7 @@ def runClient(port: int, outcomes: list[Outcome]) -> Deferred[list[Outcome]]:
     Run one L{ChaosClient}; fires with its filled-in L{Outcome}s.
     """
     endpoint = protocol.ClientCreator(reactor, ChaosClient, outcomes)
-    d = endpoint.connectTCP("127.0.0.1", port)
+    d: Deferred[ChaosClient] = endpoint.connectTCP("127.0.0.1", port)
 
     def connected(client: ChaosClient) -> Deferred[list[Outcome]]:
         return client.done
@@ -398,12 +439,11 @@ class ChaosTests(TestCase):
     timeout = 120
     _log = Logger()
 
-    @inlineCallbacks
-    def oneGoodRequest(self, port: int, seed: int) -> Any:
+    async def oneGoodRequest(self, port: int, seed: int) -> Outcome:
         """
         One well-behaved request; its L{Outcome}, checked complete and exact.
         """
-        [outcome] = yield runClient(
+        [outcome] = await runClient(
             port, [Outcome(seed, "ok-length", requestBody(seed), None)]
         )
         response = parseResponse(outcome.data)
@@ -412,17 +452,16 @@ class ChaosTests(TestCase):
         self.assertEqual(response.body, expectedBody(seed) + b"0123456789")
         return outcome
 
-    @inlineCallbacks
-    def settledFDs(
+    async def settledFDs(
         self, pid: int, upstream: ChaosUpstreamFactory, target: int | None = None
-    ) -> Any:
+    ) -> int:
         """
         Close the upstream's connections; once the proxy has seen them all
         close, poll its fd count until it reaches C{target} (or, without a
         target, holds steady for 0.25 s); the last count.
         """
         upstream.closeAll()
-        yield waitFor(lambda: all(c.lostAt for c in upstream.connections))
+        await waitFor(lambda: all(c.lostAt for c in upstream.connections))
         counts: list[int] = []
 
         def settled() -> bool:
@@ -432,13 +471,12 @@ class ChaosTests(TestCase):
             return len(counts) >= 5 and len(set(counts[-5:])) == 1
 
         try:
-            yield waitFor(settled, timeout=10, interval=0.05)
+            await waitFor(settled, timeout=10, interval=0.05)
         except AssertionError:
             pass
         return counts[-1]
 
-    @inlineCallbacks
-    def test_chaos(self) -> None:
+    async def test_chaos(self) -> None:
         """
         2,000 requests, 50 connections at a time (one in five keeping its
         connection for 2-3 requests), against a randomly failing upstream,
@@ -446,10 +484,10 @@ class ChaosTests(TestCase):
         error, fds and memory return to idle, and the proxy still serves.
         """
         upstream = ChaosUpstreamFactory()
-        listening = reactor.listenTCP(0, upstream, interface="127.0.0.1")
+        listening = listenOnLoopback(upstream)
         self.addCleanup(listening.stopListening)
         self.addCleanup(upstream.closeAll)
-        upstreamURL = f"http://127.0.0.1:{listening.getHost().port}/v1/responses"
+        upstreamURL = f"http://127.0.0.1:{portNumber(listening)}/v1/responses"
         info = os.path.join(tempfile.mkdtemp(prefix="rapx-chaos-"), "info.json")
         process = spawnEntryPoint(
             self,
@@ -458,11 +496,12 @@ class ChaosTests(TestCase):
             stdin=CANARY_KEY.encode() + b"\n",
             env=childEnvironment(),
         )
-        serverInfo = yield waitFor(lambda: readServerInfo(info), timeout=20)
+        serverInfo = await waitFor(lambda: readServerInfo(info), timeout=20)
+        assert serverInfo is not None
         port, pid = serverInfo["port"], process.pid
 
-        yield self.oneGoodRequest(port, 0)
-        idleFDs = yield self.settledFDs(pid, upstream)
+        await self.oneGoodRequest(port, 0)
+        idleFDs = await self.settledFDs(pid, upstream)
         idleRSS = rssKiB(pid)
 
         # The upstream also refuses connections outright, in short windows.
@@ -485,9 +524,9 @@ class ChaosTests(TestCase):
                 leaveAfter = rng.uniform(0, 0.2) if rng.random() < 0.05 else None
                 batch.append(Outcome(seed, mode, requestBody(seed), leaveAfter))
             clients.append(semaphore.run(runClient, port, batch))
-        results = yield DeferredList(clients, consumeErrors=True)
+        results = await DeferredList(clients, consumeErrors=True)
         elapsed = reactor.seconds() - started
-        yield refusals.stop()
+        await refusals.stop()
 
         failures = [r for ok, r in results if not ok]
         self.assertEqual(failures, [])
@@ -511,16 +550,16 @@ class ChaosTests(TestCase):
             self.assertEqual(digest, hashlib.sha256(requestBody(seed)).hexdigest())
 
         # Stalled upstream streams were closed once their clients left.
-        yield waitFor(
+        await waitFor(
             lambda: all(
                 c.lostAt is not None for c in upstream.connections if c.stalling
             ),
             timeout=5,
         )
 
-        afterFDs = yield self.settledFDs(pid, upstream, idleFDs)
+        afterFDs = await self.settledFDs(pid, upstream, idleFDs)
         afterRSS = rssKiB(pid)
-        yield self.oneGoodRequest(port, REQUESTS + 1)
+        await self.oneGoodRequest(port, REQUESTS + 1)
         stderr = process.capture.err.decode("utf-8", "replace")
         self.assertNotIn("Traceback", stderr)
         self.assertNotIn("Unhandled", stderr)
@@ -622,11 +661,12 @@ class ClosingConnectionNotPooledTests(TestCase):
 
         self.addCleanup(cancelTimeouts)
         closing, healthy = HTTP11ClientProtocol(), HTTP11ClientProtocol()
-        for connection in (closing, healthy):
-            connection.makeConnection(StringTransport())
-        closing.transport.loseConnection()
+        closingTransport, healthyTransport = StringTransport(), StringTransport()
+        closing.makeConnection(closingTransport)
+        healthy.makeConnection(healthyTransport)
+        closingTransport.loseConnection()
         pool._putConnection(("http", b"h", 80), closing)
         pool._putConnection(("http", b"h", 80), healthy)
         self.assertEqual(pool._connections[("http", b"h", 80)], [healthy])
-        self.assertTrue(closing.transport.disconnecting)
-        self.assertFalse(healthy.transport.disconnecting)
+        self.assertTrue(closingTransport.disconnecting)
+        self.assertFalse(healthyTransport.disconnecting)

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_codex -*-
 """
 End to end with the real Codex CLI: C{codex exec} completes a turn through
 the spawned proxy, which injects our key towards the fake upstream.
@@ -5,15 +6,15 @@ the spawned proxy, which injects our key towards the fake upstream.
 The binary comes from C{$CODEX_BIN}; failing that, C{.ci/node} in the
 checkout (where C{.ci/run} installs C{@openai/codex} with npm), then
 C{codex} on C{$PATH}.
+
+Integration tests (processes): the real Codex CLI and a spawned proxy.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.fakeupstream import DEFAULT_TEXT
@@ -55,8 +56,7 @@ class CodexTests(TestCase):
 
     timeout = 120
 
-    @inlineCallbacks
-    def test_codexCompletesATurn(self) -> Any:
+    async def test_codexCompletesATurn(self) -> None:
         """
         C{codex exec 'Say hello'} with a provider pointing at the proxy
         exits 0 and prints the fake upstream's answer; the upstream saw our
@@ -71,7 +71,7 @@ class CodexTests(TestCase):
         if not os.path.exists(codex):
             self.fail(f"CODEX_BIN={codex} does not exist")
         upstream = startFakeUpstream(self)
-        proxy = yield spawnProxy(self, "--upstream-url", upstream.url)
+        proxy = await spawnProxy(self, "--upstream-url", upstream.url)
         home = os.path.abspath(self.mktemp())
         codexHome = os.path.join(home, ".codex")
         os.makedirs(codexHome)
@@ -98,7 +98,7 @@ class CodexTests(TestCase):
             env=env,
             path=home,
         )
-        result = yield endWithin(process, 90)
+        result = await endWithin(process, 90)
         output = (result.stdout + result.stderr).decode("utf-8", "replace")
         self.assertEqual(result.exitCode, 0, output)
         self.assertIn(DEFAULT_TEXT, result.stdout.decode("utf-8", "replace"), output)

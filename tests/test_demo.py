@@ -1,6 +1,10 @@
+# -*- test-case-name: tests.test_demo -*-
 """
 C{responses-api-proxy-demo}: one command that streams an answer from the
 fake upstream through the real proxy.
+
+Integration tests (loopback / processes); L{SSEParserTests} are unit tests
+(in memory).
 """
 
 from __future__ import annotations
@@ -9,7 +13,10 @@ import io
 from typing import Any
 
 from twisted.internet import protocol, reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IProcessTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from responses_proxy.demo import SSEParser, streamThroughProxy
@@ -72,24 +79,30 @@ class StreamThroughProxyTests(TestCase):
     The demo's client half against an in-process proxy and fake upstream.
     """
 
-    @inlineCallbacks
-    def test_printsDeltas(self) -> Any:
+    async def test_printsDeltas(self) -> None:
         """
         The deltas are written as they arrive and add up to the answer.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
         out = io.StringIO()
-        text = yield streamThroughProxy(reactor, proxy.url, out, intervalMS=0)
+        text = await streamThroughProxy(reactor, proxy.url, out, intervalMS=0)
         self.assertEqual(text, DEFAULT_TEXT)
         self.assertEqual(out.getvalue(), DEFAULT_TEXT + "\n")
 
 
 class _Timed(protocol.ProcessProtocol):
+    """
+    Records when each piece of standard output arrived; fires C{ended} with
+    the exit status and when the process ended.
+    """
+
+    transport: IProcessTransport
+
     def __init__(self) -> None:
         self.chunks: list[tuple[float, bytes]] = []
         self.err = bytearray()
-        self.ended: Deferred[Any] = Deferred()
+        self.ended: Deferred[tuple[int | None, float]] = Deferred()
 
     def connectionMade(self) -> None:
         self.transport.closeStdin()
@@ -100,8 +113,14 @@ class _Timed(protocol.ProcessProtocol):
     def errReceived(self, data: bytes) -> None:
         self.err += data
 
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback((reason.value.exitCode, reactor.seconds()))
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        code = (
+            value.exitCode
+            if isinstance(value, ProcessDone | ProcessTerminated)
+            else None
+        )
+        self.ended.callback((code, reactor.seconds()))
 
 
 class DemoCommandTests(TestCase):
@@ -109,8 +128,7 @@ class DemoCommandTests(TestCase):
     The installed C{responses-api-proxy-demo} console script.
     """
 
-    @inlineCallbacks
-    def test_demo(self) -> Any:
+    async def test_demo(self) -> None:
         """
         The demo exits 0 having printed the fake upstream's text, delta by
         delta (several writes, spread over time), and says on stderr that
@@ -122,14 +140,14 @@ class DemoCommandTests(TestCase):
             process, executable, [executable], env=childEnvironment()
         )
 
-        def kill() -> Deferred[Any] | None:
+        def kill() -> Deferred[tuple[int | None, float]] | None:
             if process.ended.called:
                 return None
             transport.signalProcess("KILL")
             return process.ended
 
         self.addCleanup(kill)
-        code, endedAt = yield process.ended
+        code, endedAt = await process.ended
         self.assertEqual(code, 0, bytes(process.err))
         stdout = b"".join(data for _, data in process.chunks)
         self.assertEqual(stdout.decode(), DEFAULT_TEXT + "\n")
@@ -139,8 +157,7 @@ class DemoCommandTests(TestCase):
         self.assertIn(b"proxy stopped with GET /shutdown", process.err)
         self.assertIn(b"the upstream received the key", process.err)
 
-    @inlineCallbacks
-    def test_arguments(self) -> Any:
+    async def test_arguments(self) -> None:
         """
         C{--help} describes the demo and exits 0; any other argument is a
         usage error (exit 2). Neither starts anything.
@@ -149,7 +166,7 @@ class DemoCommandTests(TestCase):
             process = spawnEntryPoint(
                 self, ["responses-api-proxy-demo", *args], stdin=None
             )
-            result = yield endWithin(process, 30)
+            result = await endWithin(process, 30)
             self.assertEqual(result.exitCode, code, args)
             self.assertIn(b"usage: responses-api-proxy-demo", result.stderr)
             self.assertNotIn(b"listening", result.stderr)

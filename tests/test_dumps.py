@@ -1,6 +1,10 @@
+# -*- test-case-name: tests.test_dumps -*-
 """
 C{--dump-dir}: each exchange is written as a request and a response JSON
 file, numbered in order, with secrets redacted.
+
+Integration tests (loopback): the proxy in-process on real sockets, dumps
+written to real files.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import stat
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
@@ -36,8 +40,13 @@ _BODY = b'{"model": "m", "input": "dump me", "stream": true}'
 
 
 def _request(body: bytes = _BODY, *headerLines: bytes) -> bytes:
+    """
+    A C{POST /v1/responses} of C{body} (declared JSON, whatever it is) with
+    C{headerLines}, closing the connection after.
+    """
     return (
-        b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nConnection: close\r\n"
         + b"".join(line + b"\r\n" for line in headerLines)
         + b"Content-Length: %d\r\n\r\n" % len(body)
         + body
@@ -45,6 +54,9 @@ def _request(body: bytes = _BODY, *headerLines: bytes) -> bytes:
 
 
 def _headerValues(document: dict[str, Any], name: str) -> list[str]:
+    """
+    The values of header C{name} in a dumped request or response.
+    """
     return [h["value"] for h in document["headers"] if h["name"].lower() == name]
 
 
@@ -71,21 +83,20 @@ class DumpTests(TestCase):
         with open(os.path.join(self.directory, name), "rb") as f:
             return json.loads(f.read())
 
-    def waitForFiles(self, count: int) -> Any:
+    def waitForFiles(self, count: int) -> Deferred[bool]:
         """
         Wait until C{count} dump files exist (they are written from a
         thread, each appearing complete at once).
         """
         return waitFor(lambda: len(self.files()) >= count)
 
-    @inlineCallbacks
-    def test_exchangeDumped(self) -> None:
+    async def test_exchangeDumped(self) -> None:
         """
         One exchange writes a request file (method, url, headers, body as
         JSON) and a response file (status, headers, body as text), with
         Authorization and cookie headers redacted and the key nowhere.
         """
-        raw = yield rawExchange(
+        raw = await rawExchange(
             self.proxy.port,
             _request(
                 _BODY,
@@ -99,7 +110,7 @@ class DumpTests(TestCase):
             ),
         )
         self.assertEqual(parseRawResponse(raw).status, 200)
-        yield self.waitForFiles(2)
+        await self.waitForFiles(2)
         requestName, responseName = self.files()
         self.assertTrue(requestName.endswith("-request.json"), requestName)
         self.assertTrue(responseName.endswith("-response.json"), responseName)
@@ -133,58 +144,54 @@ class DumpTests(TestCase):
             self.assertNotIn(b"proxy-secret", content)
         self.assertNotIn("upstream-cookie", json.dumps(response))
 
-    @inlineCallbacks
-    def test_textBodies(self) -> None:
+    async def test_textBodies(self) -> None:
         """
-        A request body that is not JSON is dumped as text; a JSON response
-        body is dumped as JSON.
+        A request body that is not JSON (though declared so) is dumped as
+        text; a JSON response body is dumped as JSON.
         """
         body = b"not json at all \xff"
-        yield rawExchange(self.proxy.port, _request(body, b"x-fake-scenario: json"))
-        yield self.waitForFiles(2)
+        await rawExchange(self.proxy.port, _request(body, b"x-fake-scenario: json"))
+        await self.waitForFiles(2)
         requestName, responseName = self.files()
         self.assertEqual(self.load(requestName)["body"], "not json at all \ufffd")
         self.assertEqual(self.load(responseName)["body"]["status"], "completed")
 
-    @inlineCallbacks
-    def test_numberedInOrder(self) -> None:
+    async def test_numberedInOrder(self) -> None:
         """
         Consecutive exchanges sort in order: request 1, response 1,
         request 2, response 2, ...
         """
         for number in range(3):
-            yield rawExchange(
+            await rawExchange(
                 self.proxy.port,
                 _request(b'{"n": %d}' % number, b"x-fake-scenario: json"),
             )
-        yield self.waitForFiles(6)
+        await self.waitForFiles(6)
         names = self.files()
         kinds = [name.rsplit("-", 1)[1] for name in names]
         self.assertEqual(kinds, ["request.json", "response.json"] * 3)
         bodies = [self.load(name)["body"] for name in names[::2]]
         self.assertEqual(bodies, [{"n": 0}, {"n": 1}, {"n": 2}])
 
-    @inlineCallbacks
-    def test_errorAnswerDumped(self) -> None:
+    async def test_errorAnswerDumped(self) -> None:
         """
         An upstream 4xx answer is dumped with its status and body.
         """
-        yield rawExchange(
+        await rawExchange(
             self.proxy.port,
             _request(_BODY, b"x-fake-scenario: status", b"x-fake-status: 400"),
         )
-        yield self.waitForFiles(2)
+        await self.waitForFiles(2)
         response = self.load(self.files()[1])
         self.assertEqual(response["status"], 400)
         self.assertEqual(response["body"]["error"]["code"], "400")
 
-    @inlineCallbacks
-    def test_abortedStreamDumped(self) -> None:
+    async def test_abortedStreamDumped(self) -> None:
         """
         When the upstream breaks off, the response dump is still written,
         with what was relayed.
         """
-        yield rawExchange(
+        await rawExchange(
             self.proxy.port,
             _request(
                 _BODY,
@@ -193,7 +200,7 @@ class DumpTests(TestCase):
                 b"x-fake-interval-ms: 20",
             ),
         )
-        yield self.waitForFiles(2)
+        await self.waitForFiles(2)
         response = self.load(self.files()[1])
         self.assertEqual(response["status"], 200)
         self.assertEqual(response["outcome"], "upstream_aborted")
@@ -202,13 +209,12 @@ class DumpTests(TestCase):
         self.assertIn(response["body"].count("\n\n"), (1, 2))
         self.assertEqual(response["body_bytes"], len(response["body"].encode()))
 
-    @inlineCallbacks
-    def test_clientGoneDumped(self) -> None:
+    async def test_clientGoneDumped(self) -> None:
         """
         When the client disconnects mid-stream, the response dump is
         written when the exchange ends.
         """
-        conn = yield connectRaw(self, self.proxy.port)
+        conn = await connectRaw(self, self.proxy.port)
         conn.send(
             _request(
                 _BODY,
@@ -217,21 +223,20 @@ class DumpTests(TestCase):
                 b"x-fake-interval-ms: 50",
             )
         )
-        yield conn.waitForBytes(b"event: response.created")
-        conn.transport.abortConnection()
-        yield self.waitForFiles(2)
+        await conn.waitForBytes(b"event: response.created")
+        conn.abort()
+        await self.waitForFiles(2)
         response = self.load(self.files()[1])
         self.assertEqual(response["status"], 200)
         self.assertEqual(response["outcome"], "client_gone")
         self.assertIn("response.created", response["body"])
 
-    @inlineCallbacks
-    def test_permissions(self) -> None:
+    async def test_permissions(self) -> None:
         """
         The directory is private (0700) and each file 0600.
         """
-        yield rawExchange(self.proxy.port, _request(_BODY, b"x-fake-scenario: json"))
-        yield self.waitForFiles(2)
+        await rawExchange(self.proxy.port, _request(_BODY, b"x-fake-scenario: json"))
+        await self.waitForFiles(2)
         self.assertEqual(stat.S_IMODE(os.stat(self.directory).st_mode), 0o700)
         for name in self.files():
             mode = os.stat(os.path.join(self.directory, name)).st_mode
@@ -262,8 +267,7 @@ class UpstreamFailureDumpTests(TestCase):
     The proxy's own error answers are dumped too.
     """
 
-    @inlineCallbacks
-    def test_refusedDumped(self) -> None:
+    async def test_refusedDumped(self) -> None:
         """
         When the upstream refuses the connection, the response dump holds
         the proxy's 502 JSON error.
@@ -276,13 +280,13 @@ class UpstreamFailureDumpTests(TestCase):
         proxy = startProxy(
             self, f"http://127.0.0.1:{port}/v1/responses", "--dump-dir", directory
         )
-        raw = yield rawExchange(proxy.port, _request())
+        raw = await rawExchange(proxy.port, _request())
         self.assertEqual(parseRawResponse(raw).status, 502)
 
         def names() -> list[str]:
             return sorted(n for n in os.listdir(directory) if n[0] != ".")
 
-        yield waitFor(lambda: len(names()) == 2)
+        await waitFor(lambda: len(names()) == 2)
         name = names()[1]
         with open(os.path.join(directory, name), "rb") as f:
             response = json.loads(f.read())
@@ -295,8 +299,7 @@ class ResponseBodyCapTests(TestCase):
     A response dump keeps a bounded part of the body.
     """
 
-    @inlineCallbacks
-    def test_bodyCapped(self) -> None:
+    async def test_bodyCapped(self) -> None:
         """
         Past C{maxBody} bytes, the body is no longer kept; the dump records
         the real length and that it was truncated.
@@ -309,7 +312,7 @@ class ResponseBodyCapTests(TestCase):
         for piece in (b"0123456", b"789abc", b"defghij"):
             dump.bodyReceived(piece)
         dump.finished(ExchangeRecord("POST", "/v1/responses", outcome="complete"))
-        yield waitFor(lambda: os.path.exists(path))
+        await waitFor(lambda: os.path.exists(path))
         with open(path, "rb") as f:
             document = json.loads(f.read())
         self.assertEqual(document["body"], "0123456789")

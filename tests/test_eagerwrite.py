@@ -1,5 +1,8 @@
+# -*- test-case-name: tests.test_eagerwrite -*-
 """
 Eager writes and lazy pauses on real loopback TCP connections.
+
+Integration tests (loopback).
 """
 
 from __future__ import annotations
@@ -7,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import protocol, reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from responses_proxy.eagerwrite import batchedWrites, sendEagerly
-from tests.support import waitFor
+from tests.support import listenOnLoopback, portNumber, tcpTransport, waitFor
 
 
 class _Peer(protocol.Protocol):
@@ -22,7 +27,7 @@ class _Peer(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.received += data
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost.callback(None)
 
 
@@ -32,48 +37,58 @@ class EagerTransportTests(TestCase):
     reads nothing while paused.
     """
 
-    @inlineCallbacks
-    def setUp(self) -> Any:
+    async def connect(self) -> Any:
+        """
+        Connect a client to a server peer (C{self.server}) on loopback and
+        switch the client's transport; return that transport.
+
+        It is typed L{Any}: its class is made at run time (a subclass of
+        C{tcp.Client}), and these tests look at its internals.
+        """
         self.server = _Peer()
         factory = protocol.Factory.forProtocol(lambda: self.server)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        port = listenOnLoopback(factory)
         self.addCleanup(port.stopListening)
-        self.client = yield protocol.ClientCreator(reactor, _Peer).connectTCP(
-            "127.0.0.1", port.getHost().port
+        connecting: Deferred[_Peer] = protocol.ClientCreator(reactor, _Peer).connectTCP(
+            "127.0.0.1", portNumber(port)
         )
-        yield waitFor(lambda: self.server.transport is not None)
-        self.assertTrue(sendEagerly(self.client.transport))
+        self.client = await connecting
+        await waitFor(lambda: self.server.transport is not None)
+        transport = self.client.transport
+        self.assertTrue(sendEagerly(transport))
         self.addCleanup(self._close)
+        return transport
 
     def _close(self) -> Deferred[None]:
-        self.client.transport.abortConnection()
+        tcpTransport(self.client).abortConnection()
         return self.server.lost
 
-    def test_onlyPlainTCPSwitched(self) -> None:
+    async def test_onlyPlainTCPSwitched(self) -> None:
         """
         Already switched, or anything but a plain TCP transport, is left alone.
         """
-        self.assertFalse(sendEagerly(self.client.transport))
+        transport = await self.connect()
+        self.assertFalse(sendEagerly(transport))
         self.assertFalse(sendEagerly(object()))
 
-    def test_sentAtOnce(self) -> None:
+    async def test_sentAtOnce(self) -> None:
         """
         A write with nothing queued leaves in the same call: nothing is left
         in the transport's queue.
         """
-        transport = self.client.transport
+        transport = await self.connect()
         transport.write(b"hello")
         transport.writeSequence([b" ", b"world"])
         self.assertEqual(transport._tempDataBuffer, [])
         self.assertEqual(transport.dataBuffer, b"")
-        return waitFor(lambda: bytes(self.server.received) == b"hello world")
+        await waitFor(lambda: bytes(self.server.received) == b"hello world")
 
-    def test_batchSendsOnce(self) -> Any:
+    async def test_batchSendsOnce(self) -> None:
         """
         Writes inside a batch are held, and sent together (in order, in one
         piece) when the outermost batch ends.
         """
-        transport = self.client.transport
+        transport = await self.connect()
         with batchedWrites():
             transport.write(b"head ")
             with batchedWrites():
@@ -81,17 +96,16 @@ class EagerTransportTests(TestCase):
             self.assertEqual(transport._held, [b"head ", b"and body"])
         self.assertIsNone(transport._held)
         self.assertEqual(transport._tempDataBuffer, [])
-        return waitFor(lambda: bytes(self.server.received) == b"head and body")
+        await waitFor(lambda: bytes(self.server.received) == b"head and body")
 
-    @inlineCallbacks
-    def test_remainderQueuedInOrder(self) -> Any:
+    async def test_remainderQueuedInOrder(self) -> None:
         """
         With the peer not reading, what the kernel does not take is queued
         (pausing a registered producer as Twisted does) and later writes go
         behind it; everything arrives in order once the peer reads.
         """
-        self.server.transport.pauseProducing()
-        transport = self.client.transport
+        transport = await self.connect()
+        IPushProducer(self.server.transport).pauseProducing()
         chunk = bytes(range(256)) * 4096  # 1 MiB
         expected = bytearray()
         for number in range(32):
@@ -99,44 +113,41 @@ class EagerTransportTests(TestCase):
             transport.write(piece)
             expected += piece
         self.assertTrue(transport._tempDataBuffer or transport.dataBuffer)
-        self.server.transport.resumeProducing()
-        yield waitFor(lambda: len(self.server.received) == len(expected), timeout=20)
+        IPushProducer(self.server.transport).resumeProducing()
+        await waitFor(lambda: len(self.server.received) == len(expected), timeout=20)
         self.assertEqual(bytes(self.server.received), bytes(expected))
 
-    @inlineCallbacks
-    def test_abortedSendsNothing(self) -> Any:
+    async def test_abortedSendsNothing(self) -> None:
         """
         After abortConnection a write sends nothing.
         """
-        transport = self.client.transport
+        transport = await self.connect()
         transport.abortConnection()
         transport.write(b"late")
-        yield self.server.lost
+        await self.server.lost
         self.assertEqual(bytes(self.server.received), b"")
 
-    @inlineCallbacks
-    def test_pauseThenResumeIsFree(self) -> Any:
+    async def test_pauseThenResumeIsFree(self) -> None:
         """
         A pause undone before the next read never touches epoll, and data
         keeps flowing.
         """
-        transport = self.client.transport
+        transport = await self.connect()
         transport.pauseProducing()
         transport.resumeProducing()
         self.assertTrue(transport._reading)
-        self.server.transport.write(b"ping")
-        yield waitFor(lambda: bytes(self.client.received) == b"ping")
+        tcpTransport(self.server).write(b"ping")
+        await waitFor(lambda: bytes(self.client.received) == b"ping")
 
-    @inlineCallbacks
-    def test_nothingReadWhilePaused(self) -> Any:
+    async def test_nothingReadWhilePaused(self) -> None:
         """
         Data that arrives while paused stays in the kernel: the first read
         event stops reading for real; resuming delivers it.
         """
-        transport = self.client.transport
+        transport = await self.connect()
         transport.pauseProducing()
-        self.server.transport.write(b"held back")
-        yield waitFor(lambda: not transport._reading, timeout=5)
+        tcpTransport(self.server).write(b"held back")
+        await waitFor(lambda: not transport._reading, timeout=5)
         self.assertEqual(bytes(self.client.received), b"")
         transport.resumeProducing()
-        yield waitFor(lambda: bytes(self.client.received) == b"held back")
+        await waitFor(lambda: bytes(self.client.received) == b"held back")

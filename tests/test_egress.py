@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_egress -*-
 """
 Egress through a forward proxy: HTTPS upstreams through a C{CONNECT}
 tunnel (TLS checked against the upstream, key inside the tunnel), plain
@@ -5,19 +6,25 @@ HTTP in absolute form, C{NO_PROXY}, failures; and upstream connection reuse.
 
 The egress proxies are small Twisted servers written here that record what
 they were asked and every byte they relayed.
+
+Integration tests (loopback); L{EnvironmentTests} are unit tests (in
+memory).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.protocol import ClientCreator, Factory, Protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import ClientCreator, Factory, Protocol, ServerFactory
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import proxy as webproxy
 from twisted.web.http import HTTPFactory
@@ -28,20 +35,29 @@ from responses_proxy.egress import (
     bypassesProxy,
     proxyFromEnvironment,
 )
+from tests.fakeupstream import Connections
 from tests.support import (
     CANARY_KEY,
-    _closeServer,
-    _trackConnections,
+    RunningUpstream,
     httpClient,
     makeTestPKI,
     rawExchange,
+    rawRequest,
+    serveOnLoopback,
     serverContext,
     startFakeUpstream,
     startProxy,
+    tcpTransport,
 )
 
+if TYPE_CHECKING:
+    from twisted.web.http import _GenericHTTPChannelProtocol
+
 # A fast, non-streamed answer from the fake upstream.
-JSON = {"x-fake-scenario": "json", "content-type": "application/json"}
+JSON: dict[bytes | str, bytes | str] = {
+    "x-fake-scenario": "json",
+    "content-type": "application/json",
+}
 
 
 # A CONNECT proxy ---------------------------------------------------------------
@@ -61,7 +77,7 @@ class ConnectProxyState:
     answer: bytes | None = None
     silent: bool = False
     relays: list[Deferred[None]] = field(default_factory=list)
-    protocols: list[Any] = field(default_factory=list)
+    protocols: Connections = field(default_factory=Connections)
 
 
 class _Relay(Protocol):
@@ -70,10 +86,10 @@ class _Relay(Protocol):
         self.lost: Deferred[None] = Deferred()
 
     def dataReceived(self, data: bytes) -> None:
-        self.client.transport.write(data)
+        tcpTransport(self.client).write(data)
 
-    def connectionLost(self, reason: Any = None) -> None:
-        self.client.transport.loseConnection()
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        tcpTransport(self.client).loseConnection()
         self.lost.callback(None)
 
 
@@ -83,11 +99,15 @@ class _ConnectProxyProtocol(Protocol):
         self.buffer = b""
         self.relay: _Relay | None = None
         self.connecting = False
+        self._lost: Deferred[None] | None = None
+
+    def connectionMade(self) -> None:
+        self._lost = self.state.protocols.opened(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self.relay is not None:
             self.state.relayed += data
-            self.relay.transport.write(data)
+            tcpTransport(self.relay).write(data)
             return
         self.buffer += data
         if self.connecting or b"\r\n\r\n" not in self.buffer:
@@ -100,31 +120,37 @@ class _ConnectProxyProtocol(Protocol):
         self.state.requests.append((method, target, headers))
         if self.state.silent:
             return
+        transport = tcpTransport(self)
         if self.state.answer is not None or method != b"CONNECT":
-            self.transport.write(self.state.answer or b"HTTP/1.1 405 No\r\n\r\n")
-            self.transport.loseConnection()
+            transport.write(self.state.answer or b"HTTP/1.1 405 No\r\n\r\n")
+            transport.loseConnection()
             return
         host, port = target.rsplit(b":", 1)
         address = self.state.hosts.get(host, host.decode())
         self.connecting = True
-        connecting = ClientCreator(reactor, _Relay, self).connectTCP(address, int(port))
+        connecting: Deferred[_Relay] = ClientCreator(reactor, _Relay, self).connectTCP(
+            address, int(port)
+        )
         connecting.addCallbacks(self.relayConnected, self.unreachable)
 
     def relayConnected(self, relay: _Relay) -> None:
         self.state.relays.append(relay.lost)
         self.relay = relay
-        self.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        tcpTransport(self).write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         if self.buffer:
             self.state.relayed += self.buffer
-            relay.transport.write(self.buffer)
+            tcpTransport(relay).write(self.buffer)
 
-    def unreachable(self, failure: Any) -> None:
-        self.transport.write(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
-        self.transport.loseConnection()
+    def unreachable(self, failure: Failure) -> None:
+        transport = tcpTransport(self)
+        transport.write(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
+        transport.loseConnection()
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self.relay is not None:
-            self.relay.transport.loseConnection()
+            tcpTransport(self.relay).loseConnection()
+        if self._lost is not None:
+            self._lost.callback(None)
 
 
 def startConnectProxy(testCase: TestCase) -> tuple[int, ConnectProxyState]:
@@ -132,25 +158,23 @@ def startConnectProxy(testCase: TestCase) -> tuple[int, ConnectProxyState]:
     A CONNECT-only proxy on 127.0.0.1; closed, relays too, after the test.
     """
     state = ConnectProxyState()
+    # Cleanups run last first: this one after the server's own.
+    testCase.addCleanup(lambda: gatherResults(state.relays))
     factory = Factory.forProtocol(lambda: _ConnectProxyProtocol(state))
-    protocols = state.protocols = _trackConnections(factory, testCase)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-
-    @inlineCallbacks
-    def close() -> Any:
-        yield _closeServer(port, protocols)
-        yield gatherResults(state.relays)
-
-    testCase.addCleanup(close)
-    return port.getHost().port, state
+    return serveOnLoopback(testCase, factory, state.protocols), state
 
 
 # A plain HTTP forward proxy (absolute-form requests) --------------------------
 
+# What the forward proxy forwarded: method, URI and headers of each request.
+Seen = list[tuple[bytes, bytes, dict[bytes, bytes]]]
+
 
 class _RecordingProxyRequest(webproxy.ProxyRequest):
+    channel: _RecordingProxy
+
     def process(self) -> None:
-        self.channel.factory.seen.append(
+        self.channel.recorder().seen.append(
             (self.method, self.uri, dict(self.getAllHeaders()))
         )
         super().process()
@@ -158,29 +182,54 @@ class _RecordingProxyRequest(webproxy.ProxyRequest):
 
 class _RecordingProxy(webproxy.Proxy):
     requestFactory = _RecordingProxyRequest
+    _lost: Deferred[None] | None = None
+
+    def recorder(self) -> _RecordingProxyFactory:
+        """
+        The factory that made this channel, which keeps the record.
+        """
+        assert isinstance(self.factory, _RecordingProxyFactory)
+        return self.factory
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._lost = self.recorder().connections.opened(self)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        if self._lost is not None:
+            self._lost.callback(None)
 
 
-def startHTTPProxy(testCase: TestCase) -> tuple[int, list[Any]]:
+class _RecordingProxyFactory(HTTPFactory):
+    # Twisted types HTTPFactory.protocol as a factory of its generic (HTTP/1.1
+    # or HTTP/2) wrapper, but setting it to an HTTPChannel subclass is its
+    # documented way to choose the channel.
+    protocol = cast("Callable[[], _GenericHTTPChannelProtocol]", _RecordingProxy)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: Seen = []
+        self.connections = Connections()
+
+
+def startHTTPProxy(testCase: TestCase) -> tuple[int, Seen]:
     """
     Twisted's own forward proxy, recording each request it forwards.
     """
-    factory = HTTPFactory()
-    factory.protocol = _RecordingProxy
-    factory.seen = []
-    protocols = _trackConnections(factory, testCase)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    testCase.addCleanup(_closeServer, port, protocols)
-    return port.getHost().port, factory.seen
+    factory = _RecordingProxyFactory()
+    return serveOnLoopback(testCase, factory, factory.connections), factory.seen
 
 
 def closedPort() -> int:
     """
     A loopback port nothing listens on (bound, then released).
     """
-    port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
-    number = port.getHost().port
+    port = reactor.listenTCP(0, ServerFactory(), interface="127.0.0.1")
+    address = port.getHost()
+    assert isinstance(address, IPv4Address)
     port.stopListening()
-    return number
+    return address.port
 
 
 class EgressTests(TestCase):
@@ -192,19 +241,24 @@ class EgressTests(TestCase):
     def setUp(self) -> None:
         self.pki = makeTestPKI(self.mktemp())
 
-    def tlsUpstream(self, cert: str | None = None) -> Any:
+    def tlsUpstream(self, cert: str | None = None) -> RunningUpstream:
+        """
+        A fake upstream over TLS, with C{cert} (by default one for
+        127.0.0.1 and localhost).
+        """
         return startFakeUpstream(
             self, tls=serverContext(cert or self.pki.serverCert, self.pki.serverKey)
         )
 
-    @inlineCallbacks
-    def post(self, url: str) -> Any:
-        response = yield httpClient(self).post(url, data=b"{}", headers=JSON)
-        body = yield treq.content(response)
+    async def post(self, url: str) -> tuple[int, bytes]:
+        """
+        POST a JSON body to C{url}; the answer's status and body.
+        """
+        response = await httpClient(self).post(url, data=b"{}", headers=JSON)
+        body = await treq.content(response)
         return response.code, body
 
-    @inlineCallbacks
-    def test_httpsThroughConnect(self) -> None:
+    async def test_httpsThroughConnect(self) -> None:
         """
         With C{HTTPS_PROXY} set, the upstream is reached through a CONNECT
         tunnel to its host and port; the key reaches the upstream, and the
@@ -220,7 +274,7 @@ class EgressTests(TestCase):
             self.pki.caCert,
             environ={"HTTPS_PROXY": f"http://127.0.0.1:{proxyPort}"},
         )
-        code, body = yield self.post(proxy.url)
+        code, body = await self.post(proxy.url)
         self.assertEqual(code, 200, body)
         [(method, target, headers)] = state.requests
         self.assertEqual(
@@ -234,8 +288,7 @@ class EgressTests(TestCase):
         self.assertTrue(state.relayed)
         self.assertNotIn(CANARY_KEY.encode(), bytes(state.relayed))
 
-    @inlineCallbacks
-    def test_tlsVerifiedAgainstUpstreamHost(self) -> None:
+    async def test_tlsVerifiedAgainstUpstreamHost(self) -> None:
         """
         The certificate is checked against the upstream's name, not the
         egress proxy's: an upstream named C{elsewhere.invalid} (which only
@@ -252,12 +305,11 @@ class EgressTests(TestCase):
             self.pki.caCert,
             environ={"https_proxy": f"127.0.0.1:{proxyPort}"},
         )
-        code, body = yield self.post(proxy.url)
+        code, body = await self.post(proxy.url)
         self.assertEqual(code, 200, body)
         self.assertEqual(state.requests[0][1], b"elsewhere.invalid:%d" % upstream.port)
 
-    @inlineCallbacks
-    def test_wrongCertificateThroughTunnel(self) -> None:
+    async def test_wrongCertificateThroughTunnel(self) -> None:
         """
         A certificate for another host, presented through the tunnel, is
         refused: 502 C{upstream_tls_error}, and nothing reached the upstream.
@@ -271,14 +323,13 @@ class EgressTests(TestCase):
             self.pki.caCert,
             environ={"HTTPS_PROXY": f"http://127.0.0.1:{proxyPort}"},
         )
-        code, body = yield self.post(proxy.url)
+        code, body = await self.post(proxy.url)
         self.assertEqual(code, 502)
         self.assertEqual(json.loads(body)["error"]["code"], "upstream_tls_error")
         self.assertEqual(len(state.requests), 1)
         self.assertEqual(upstream.resource.requests, [])
 
-    @inlineCallbacks
-    def test_noProxyBypasses(self) -> None:
+    async def test_noProxyBypasses(self) -> None:
         """
         An upstream host in C{NO_PROXY} is reached directly.
         """
@@ -294,13 +345,12 @@ class EgressTests(TestCase):
                 "NO_PROXY": "example.com, 127.0.0.1",
             },
         )
-        code, body = yield self.post(proxy.url)
+        code, body = await self.post(proxy.url)
         self.assertEqual(code, 200, body)
         self.assertEqual(state.requests, [])
         self.assertEqual(len(upstream.resource.requests), 1)
 
-    @inlineCallbacks
-    def test_proxyDown(self) -> None:
+    async def test_proxyDown(self) -> None:
         """
         An egress proxy that is not listening gives a clean JSON 502.
         """
@@ -312,13 +362,12 @@ class EgressTests(TestCase):
             self.pki.caCert,
             environ={"HTTPS_PROXY": f"http://127.0.0.1:{closedPort()}"},
         )
-        code, body = yield self.post(proxy.url)
+        code, body = await self.post(proxy.url)
         self.assertEqual(code, 502)
         self.assertEqual(json.loads(body)["error"]["code"], "egress_proxy_error")
         self.assertEqual(upstream.resource.requests, [])
 
-    @inlineCallbacks
-    def test_connectRefused(self) -> None:
+    async def test_connectRefused(self) -> None:
         """
         An egress proxy that answers CONNECT with 403 gives a clean JSON 502.
         """
@@ -332,12 +381,11 @@ class EgressTests(TestCase):
             self.pki.caCert,
             environ={"ALL_PROXY": f"http://127.0.0.1:{proxyPort}"},
         )
-        code, body = yield self.post(proxy.url)
+        code, body = await self.post(proxy.url)
         self.assertEqual(code, 502)
         self.assertEqual(json.loads(body)["error"]["code"], "egress_proxy_error")
 
-    @inlineCallbacks
-    def test_connectUnanswered(self) -> None:
+    async def test_connectUnanswered(self) -> None:
         """
         An egress proxy that never answers CONNECT counts as a connect
         timeout (C{--connect-timeout}): 504, and the tunnel is closed.
@@ -354,14 +402,13 @@ class EgressTests(TestCase):
             "0.3",
             environ={"HTTPS_PROXY": f"http://127.0.0.1:{proxyPort}"},
         )
-        code, body = yield self.post(proxy.url)
+        code, body = await self.post(proxy.url)
         self.assertEqual(code, 504)
         self.assertEqual(json.loads(body)["error"]["code"], "upstream_timeout")
         [(_, lost)] = state.protocols
-        yield lost
+        await lost
 
-    @inlineCallbacks
-    def test_clientGoneDuringConnect(self) -> None:
+    async def test_clientGoneDuringConnect(self) -> None:
         """
         A client that leaves while the tunnel is being set up takes the
         tunnel with it.
@@ -376,16 +423,12 @@ class EgressTests(TestCase):
             self.pki.caCert,
             environ={"HTTPS_PROXY": f"http://127.0.0.1:{proxyPort}"},
         )
-        request = (
-            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
-        )
-        yield rawExchange(proxy.port, request, timeout=0.3)
+        await rawExchange(proxy.port, rawRequest(b"{}", close=False), timeout=0.3)
         self.assertEqual(len(state.requests), 1)
         [(_, lost)] = state.protocols
-        yield lost
+        await lost
 
-    @inlineCallbacks
-    def test_proxyCredentials(self) -> None:
+    async def test_proxyCredentials(self) -> None:
         """
         Credentials in the proxy URL become C{Proxy-Authorization: Basic} on
         the CONNECT request, percent-decoded.
@@ -399,15 +442,14 @@ class EgressTests(TestCase):
             self.pki.caCert,
             environ={"HTTPS_PROXY": f"http://alice:s%40cret@127.0.0.1:{proxyPort}"},
         )
-        code, body = yield self.post(proxy.url)
+        code, body = await self.post(proxy.url)
         self.assertEqual(code, 200, body)
         expected = b"Basic " + base64.b64encode(b"alice:s@cret")
         self.assertEqual(state.requests[0][2][b"proxy-authorization"], expected)
         [seen] = upstream.resource.requests
         self.assertEqual(seen.header(b"proxy-authorization"), [])
 
-    @inlineCallbacks
-    def test_tunnelReused(self) -> None:
+    async def test_tunnelReused(self) -> None:
         """
         Sequential requests share one tunnel: one CONNECT for ten requests.
         """
@@ -421,13 +463,12 @@ class EgressTests(TestCase):
             environ={"HTTPS_PROXY": f"http://127.0.0.1:{proxyPort}"},
         )
         for _ in range(10):
-            code, body = yield self.post(proxy.url)
+            code, body = await self.post(proxy.url)
             self.assertEqual(code, 200, body)
         self.assertEqual(len(state.requests), 1)
         self.assertEqual(len(upstream.resource.requests), 10)
 
-    @inlineCallbacks
-    def test_plainHTTPThroughProxy(self) -> None:
+    async def test_plainHTTPThroughProxy(self) -> None:
         """
         An http:// upstream goes to C{HTTP_PROXY} in absolute form, with
         C{Proxy-Authorization}; the proxy sees the key (documented).
@@ -439,7 +480,7 @@ class EgressTests(TestCase):
             upstream.url,
             environ={"HTTP_PROXY": f"http://bob:pw@127.0.0.1:{proxyPort}"},
         )
-        code, body = yield self.post(proxy.url)
+        code, body = await self.post(proxy.url)
         self.assertEqual(code, 200, body)
         [(method, uri, headers)] = seen
         self.assertEqual((method, uri), (b"POST", upstream.url.encode()))
@@ -455,32 +496,35 @@ class ConnectionReuseTests(TestCase):
     The upstream pool keeps connections alive between requests.
     """
 
-    @inlineCallbacks
-    def reuse(self, tls: bool) -> Any:
+    async def reuse(self, tls: bool) -> None:
+        """
+        100 sequential requests through the proxy, over TLS or not, open at
+        most 3 upstream connections.
+        """
         pki = makeTestPKI(self.mktemp())
         context = serverContext(pki.serverCert, pki.serverKey) if tls else None
         upstream = startFakeUpstream(self, tls=context)
         proxy = startProxy(self, upstream.url, "--upstream-ca", pki.caCert)
         client = httpClient(self)
         for _ in range(100):
-            response = yield client.post(proxy.url, data=b"{}", headers=JSON)
-            yield treq.content(response)
+            response = await client.post(proxy.url, data=b"{}", headers=JSON)
+            await treq.content(response)
             self.assertEqual(response.code, 200)
         self.assertEqual(len(upstream.resource.requests), 100)
         self.assertLessEqual(len(upstream.connections), 3)
 
-    def test_plainHTTP(self) -> None:
+    async def test_plainHTTP(self) -> None:
         """
         100 sequential requests over HTTP open at most a handful of upstream
         connections.
         """
-        return self.reuse(tls=False)
+        await self.reuse(tls=False)
 
-    def test_https(self) -> None:
+    async def test_https(self) -> None:
         """
         The same over HTTPS: no TLS handshake per request.
         """
-        return self.reuse(tls=True)
+        await self.reuse(tls=True)
 
 
 class EnvironmentTests(SynchronousTestCase):
@@ -499,10 +543,16 @@ class EnvironmentTests(SynchronousTestCase):
             "ALL_PROXY": "http://all:2",
             "HTTP_PROXY": "http://plain:3",
         }
-        self.assertEqual(proxyFromEnvironment("https", "h", env).host, "lower")
-        self.assertEqual(proxyFromEnvironment("http", "h", env).host, "plain")
+
+        def named(scheme: str) -> EgressProxy:
+            proxy = proxyFromEnvironment(scheme, "h", env)
+            assert proxy is not None, scheme
+            return proxy
+
+        self.assertEqual(named("https").host, "lower")
+        self.assertEqual(named("http").host, "plain")
         del env["https_proxy"]
-        self.assertEqual(proxyFromEnvironment("https", "h", env).port, 2)
+        self.assertEqual(named("https").port, 2)
         self.assertIsNone(proxyFromEnvironment("https", "h", {}))
 
     def test_cgiIgnoresUpperCaseHTTPProxy(self) -> None:

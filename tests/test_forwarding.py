@@ -1,6 +1,9 @@
+# -*- test-case-name: tests.test_forwarding -*-
 """
 Forwarding over real loopback: the body and headers reach the upstream
 unchanged, the key is injected, and the answer comes back as sent.
+
+Integration tests (loopback).
 """
 
 from __future__ import annotations
@@ -9,19 +12,21 @@ import gzip
 import io
 import json
 import os
-from typing import Any
 
 import treq
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 from twisted.web.client import FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
 
 from tests.support import (
     CANARY_KEY,
+    RawResponse,
     bareAgent,
     connectRaw,
     httpClient,
+    jsonHeaders,
     parseRawResponse,
     rawExchange,
     startFakeUpstream,
@@ -36,8 +41,7 @@ class ForwardingTests(TestCase):
     changed.
     """
 
-    @inlineCallbacks
-    def test_streamedAnswerRelayed(self) -> None:
+    async def test_streamedAnswerRelayed(self) -> None:
         """
         The fake upstream's SSE answer arrives complete, with its status and
         end-to-end headers, and the upstream saw the body byte for byte and
@@ -46,16 +50,14 @@ class ForwardingTests(TestCase):
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
         body = json.dumps({"model": "m", "input": "hi", "stream": True}).encode()
-        response = yield httpClient(self).post(
+        response = await httpClient(self).post(
             proxy.url,
             data=body,
-            headers={
-                "Content-Type": "application/json",
-                "Authorization": "Bearer client-supplied",
-                "X-Custom": "kept as is",
-            },
+            headers=jsonHeaders(
+                {"Authorization": "Bearer client-supplied", "X-Custom": "kept as is"}
+            ),
         )
-        text = yield treq.text_content(response)
+        text = await treq.text_content(response)
         self.assertEqual(response.code, 200)
         self.assertEqual(
             response.headers.getRawHeaders("content-type"), ["text/event-stream"]
@@ -82,54 +84,57 @@ class RequestBodyTests(TestCase):
         self.upstream = startFakeUpstream(self)
         self.proxy = startProxy(self, self.upstream.url)
 
-    @inlineCallbacks
-    def postRaw(self, head: bytes, body: bytes) -> Any:
+    async def postRaw(
+        self, head: bytes, body: bytes, contentType: bytes = b"application/json"
+    ) -> RawResponse:
         """
-        Send a raw request (C{head} are extra header lines) and return the
-        parsed response.
+        Send a raw request (C{head} are extra header lines) with C{body}
+        declared C{contentType}, and return the parsed response.
         """
-        raw = yield rawExchange(
+        raw = await rawExchange(
             self.proxy.port,
             b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"x-fake-scenario: echo\r\nConnection: close\r\n" + head + b"\r\n" + body,
+            b"Content-Type: %s\r\nx-fake-scenario: echo\r\nConnection: close\r\n"
+            % (contentType,)
+            + head
+            + b"\r\n"
+            + body,
         )
         return parseRawResponse(raw)
 
-    @inlineCallbacks
-    def test_binaryBodyUnchanged(self) -> None:
+    async def test_binaryBodyUnchanged(self) -> None:
         """
         A body that is not JSON, not UTF-8 and contains CR/LF and NUL bytes
-        is forwarded unchanged, with the same Content-Length.
+        (declared JSON: the proxy never parses a body) is forwarded
+        unchanged, with the same Content-Length.
         """
         body = bytes(range(256)) * 4 + b"\r\n\r\n0\r\n\r\n"
-        response = yield self.postRaw(b"Content-Length: %d\r\n" % len(body), body)
+        response = await self.postRaw(b"Content-Length: %d\r\n" % len(body), body)
         self.assertEqual(response.status, 200)
         [seen] = self.upstream.resource.requests
         self.assertEqual(seen.body, body)
         self.assertEqual(seen.header(b"content-length"), [b"%d" % len(body)])
 
-    @inlineCallbacks
-    def test_largeBodyUnchanged(self) -> None:
+    async def test_largeBodyUnchanged(self) -> None:
         """
         A body larger than the single-write limit (streamed from the spooled
         file) arrives complete and unchanged.
         """
         body = os.urandom(3 * 1024 * 1024 + 17)
         agent = bareAgent()
-        response = yield treq.post(
+        response = await treq.post(
             self.proxy.url,
             data=body,
-            headers={"x-fake-scenario": "echo"},
+            headers=jsonHeaders({"x-fake-scenario": "echo"}),
             agent=agent,
         )
-        yield treq.content(response)
+        await treq.content(response)
         self.assertEqual(response.code, 200)
         [seen] = self.upstream.resource.requests
         self.assertEqual(len(seen.body), len(body))
         self.assertTrue(seen.body == body)
 
-    @inlineCallbacks
-    def test_chunkedBody(self) -> None:
+    async def test_chunkedBody(self) -> None:
         """
         A body sent with C{Transfer-Encoding: chunked} reaches the upstream
         de-chunked, byte for byte, and without the client's framing header.
@@ -140,72 +145,90 @@ class RequestBodyTests(TestCase):
             piece = body[start : start + 1000]
             chunked += b"%x\r\n%s\r\n" % (len(piece), piece)
         chunked += b"0\r\n\r\n"
-        response = yield self.postRaw(b"Transfer-Encoding: chunked\r\n", chunked)
+        response = await self.postRaw(b"Transfer-Encoding: chunked\r\n", chunked)
         self.assertEqual(response.status, 200)
         [seen] = self.upstream.resource.requests
         self.assertEqual(seen.body, body)
         self.assertEqual(seen.header(b"transfer-encoding"), [])
         self.assertEqual(seen.header(b"content-length"), [b"%d" % len(body)])
 
-    @inlineCallbacks
-    def test_expectContinue(self) -> None:
+    async def test_expectContinue(self) -> None:
         """
         With C{Expect: 100-continue} the proxy answers C{100 Continue} before
         the body is sent; the body then reaches the upstream unchanged, and
         the upstream is not asked to continue again.
         """
         body = b'{"model": "m", "input": "continue"}'
-        conn = yield connectRaw(self, self.proxy.port)
+        conn = await connectRaw(self, self.proxy.port)
         conn.send(
             b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\n"
             b"x-fake-scenario: echo\r\nExpect: 100-continue\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
         )
-        yield conn.waitForBytes(b"\r\n\r\n")
+        await conn.waitForBytes(b"\r\n\r\n")
         self.assertTrue(conn.data.startswith(b"HTTP/1.1 100 Continue\r\n"), conn.data)
         self.assertEqual(self.upstream.resource.requests, [])
         conn.send(body)
-        yield conn.closed
+        await conn.closed
         response = parseRawResponse(bytes(conn.data))
         self.assertEqual(response.status, 200)
         [seen] = self.upstream.resource.requests
         self.assertEqual(seen.body, body)
         self.assertEqual(seen.header(b"expect"), [])
 
-    @inlineCallbacks
-    def test_formBodiesNotParsed(self) -> None:
+    async def test_formBodiesNotParsed(self) -> None:
         """
-        Form-encoded and multipart bodies are opaque bytes: forwarded
-        unchanged, with their Content-Type.
+        Bodies are opaque bytes: form-encoded and multipart ones declared
+        JSON are forwarded unchanged, with their Content-Type (parameters
+        included).
         """
-        form = b"a=1&b=%20two&a=3"
-        multipart = (
-            b'--XyZ\r\nContent-Disposition: form-data; name="f"\r\n\r\n'
-            b"value\r\n--XyZ--\r\n"
-        )
-        for contentType, body in (
-            (b"application/x-www-form-urlencoded", form),
-            (b"multipart/form-data; boundary=XyZ", multipart),
-        ):
-            response = yield self.postRaw(
-                b"Content-Type: %s\r\nContent-Length: %d\r\n"
-                % (contentType, len(body)),
-                body,
+        for contentType, body in _FORMS:
+            response = await self.postRaw(
+                b"Content-Length: %d\r\n" % len(body), body, contentType
             )
             self.assertEqual(response.status, 200)
             seen = self.upstream.resource.requests[-1]
             self.assertEqual(seen.body, body)
             self.assertEqual(seen.header(b"content-type"), [contentType])
 
-    @inlineCallbacks
-    def test_emptyBody(self) -> None:
+    async def test_formContentTypesRefused(self) -> None:
+        """
+        The same bodies with their own form content types (which a web page
+        can send without a CORS preflight) are refused on their head: 415
+        C{unsupported_media_type}, and nothing reaches the upstream.
+        """
+        for contentType, body in (
+            (b"application/x-www-form-urlencoded", _FORMS[0][1]),
+            (b"multipart/form-data; boundary=XyZ", _FORMS[1][1]),
+            (b"text/plain", _FORMS[0][1]),
+        ):
+            response = await self.postRaw(
+                b"Content-Length: %d\r\n" % len(body), body, contentType
+            )
+            self.assertEqual(response.status, 415, contentType)
+            error = json.loads(response.body)["error"]
+            self.assertEqual(error["code"], "unsupported_media_type", contentType)
+        self.assertEqual(self.upstream.resource.requests, [])
+
+    async def test_emptyBody(self) -> None:
         """
         An empty body is forwarded as an empty body.
         """
-        response = yield self.postRaw(b"Content-Length: 0\r\n", b"")
+        response = await self.postRaw(b"Content-Length: 0\r\n", b"")
         self.assertEqual(response.status, 200)
         [seen] = self.upstream.resource.requests
         self.assertEqual(seen.body, b"")
+
+
+_FORMS = [
+    (b"application/json", b"a=1&b=%20two&a=3"),
+    (
+        b"application/json; charset=utf-8",
+        b'--XyZ\r\nContent-Disposition: form-data; name="f"\r\n\r\n'
+        b"value\r\n--XyZ--\r\n",
+    ),
+]
 
 
 class UpstreamURLTests(TestCase):
@@ -213,8 +236,7 @@ class UpstreamURLTests(TestCase):
     The request goes to exactly the configured C{--upstream-url}.
     """
 
-    @inlineCallbacks
-    def test_queryStringKept(self) -> None:
+    async def test_queryStringKept(self) -> None:
         """
         An Azure-style upstream URL with a query string is requested with
         exactly that path and query.
@@ -223,10 +245,10 @@ class UpstreamURLTests(TestCase):
             self, path="/openai/responses?api-version=2025-04-01-preview"
         )
         proxy = startProxy(self, upstream.url)
-        response = yield httpClient(self).post(
-            proxy.url, data=b"{}", headers={"x-fake-scenario": "json"}
+        response = await httpClient(self).post(
+            proxy.url, data=b"{}", headers=jsonHeaders({"x-fake-scenario": "json"})
         )
-        yield treq.content(response)
+        await treq.content(response)
         self.assertEqual(response.code, 200)
         [seen] = upstream.resource.requests
         self.assertEqual(seen.method, b"POST")
@@ -243,29 +265,32 @@ class ResponseTests(TestCase):
         self.upstream = startFakeUpstream(self)
         self.proxy = startProxy(self, self.upstream.url)
 
-    @inlineCallbacks
-    def post(self, scenario: str, **headers: str) -> Any:
+    async def post(self, scenario: str, **headers: str) -> tuple[IResponse, bytes]:
         """
-        POST through the proxy with a bare Agent; return the response and
-        its body.
+        POST a JSON body through the proxy with a bare Agent; return the
+        response and its body.
         """
-        sent = Headers({b"x-fake-scenario": [scenario.encode()]})
+        sent = Headers(
+            {
+                b"content-type": [b"application/json"],
+                b"x-fake-scenario": [scenario.encode()],
+            }
+        )
         for name, value in headers.items():
             sent.addRawHeader(name.replace("_", "-").encode(), value.encode())
-        response = yield bareAgent().request(
+        response = await bareAgent().request(
             b"POST", self.proxy.url.encode(), sent, _body(b'{"model": "m"}')
         )
-        body = yield readBody(response)
+        body = await readBody(response)
         return response, body
 
-    @inlineCallbacks
-    def test_errorStatusMirrored(self) -> None:
+    async def test_errorStatusMirrored(self) -> None:
         """
         4xx and 5xx upstream answers reach the client with their status,
         headers and body.
         """
         for status in (400, 401, 404, 429, 500, 503):
-            response, body = yield self.post("status", x_fake_status=str(status))
+            response, body = await self.post("status", x_fake_status=str(status))
             self.assertEqual(response.code, status)
             self.assertEqual(
                 json.loads(body)["error"]["code"], str(status), (status, body)
@@ -276,36 +301,33 @@ class ResponseTests(TestCase):
                 [b"100"],
             )
 
-    @inlineCallbacks
-    def test_gzipNotDecoded(self) -> None:
+    async def test_gzipNotDecoded(self) -> None:
         """
         A gzip answer reaches the client still compressed, with its
         Content-Encoding, and the upstream was not offered gzip on the
         client's behalf.
         """
-        response, body = yield self.post("gzip")
+        response, body = await self.post("gzip")
         self.assertEqual(response.code, 200)
         self.assertEqual(response.headers.getRawHeaders(b"content-encoding"), [b"gzip"])
         self.assertEqual(json.loads(gzip.decompress(body))["status"], "completed")
         [seen] = self.upstream.resource.requests
         self.assertEqual(seen.header(b"accept-encoding"), [])
 
-    @inlineCallbacks
-    def test_acceptEncodingFromClientKept(self) -> None:
+    async def test_acceptEncodingFromClientKept(self) -> None:
         """
         An Accept-Encoding the client did send is forwarded unchanged.
         """
-        response, body = yield self.post("gzip", accept_encoding="gzip, br")
+        response, body = await self.post("gzip", accept_encoding="gzip, br")
         self.assertEqual(response.code, 200)
         [seen] = self.upstream.resource.requests
         self.assertEqual(seen.header(b"accept-encoding"), [b"gzip, br"])
 
-    @inlineCallbacks
-    def test_redirectNotFollowed(self) -> None:
+    async def test_redirectNotFollowed(self) -> None:
         """
         A 302 is mirrored as is, Location included; nothing follows it.
         """
-        response, body = yield self.post("redirect")
+        response, body = await self.post("redirect")
         self.assertEqual(response.code, 302)
         self.assertEqual(
             response.headers.getRawHeaders(b"location"),
@@ -314,28 +336,26 @@ class ResponseTests(TestCase):
         self.assertEqual(body, b"redirected\n")
         self.assertEqual(len(self.upstream.resource.requests), 1)
 
-    @inlineCallbacks
-    def test_noCookieJar(self) -> None:
+    async def test_noCookieJar(self) -> None:
         """
         The upstream's Set-Cookie reaches the client, but the proxy keeps no
         jar: the next client's request carries no cookie upstream.
         """
-        response, body = yield self.post("cookie")
+        response, body = await self.post("cookie")
         self.assertEqual(
             response.headers.getRawHeaders(b"set-cookie"),
             [b"session=fake-upstream-cookie; Path=/"],
         )
-        response, body = yield self.post("cookie")
+        response, body = await self.post("cookie")
         self.assertEqual(json.loads(body), {"cookie": ""})
         for seen in self.upstream.resource.requests:
             self.assertEqual(seen.header(b"cookie"), [])
 
-    @inlineCallbacks
-    def test_clientCookieForwarded(self) -> None:
+    async def test_clientCookieForwarded(self) -> None:
         """
         A cookie the client sends itself is an ordinary header: forwarded.
         """
-        response, body = yield self.post("cookie", cookie="mine=1")
+        response, body = await self.post("cookie", cookie="mine=1")
         self.assertEqual(json.loads(body), {"cookie": "mine=1"})
 
 
@@ -352,18 +372,18 @@ class ConnectionReuseTests(TestCase):
         self.upstream = startFakeUpstream(self)
         self.proxy = startProxy(self, self.upstream.url)
 
-    @inlineCallbacks
-    def test_contentLengthRelayed(self) -> None:
+    async def test_contentLengthRelayed(self) -> None:
         """
         An upstream answer with a Content-Length reaches the client with the
         same Content-Length and no chunked framing added.
         """
-        conn = yield connectRaw(self, self.proxy.port)
+        conn = await connectRaw(self, self.proxy.port)
         conn.send(
-            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nx-fake-scenario: gzip\r\n"
+            b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nx-fake-scenario: gzip\r\n"
             b"Content-Length: 2\r\n\r\n{}"
         )
-        yield conn.waitForResponse()
+        await conn.waitForResponse()
         response = parseRawResponse(bytes(conn.data))
         [seen] = self.upstream.resource.requests
         self.assertFalse(response.chunked)
@@ -372,26 +392,27 @@ class ConnectionReuseTests(TestCase):
         )
         self.assertEqual(response.header(b"content-encoding"), [b"gzip"])
 
-    @inlineCallbacks
-    def test_keepAliveClient(self) -> None:
+    async def test_keepAliveClient(self) -> None:
         """
         Two requests on one client connection are both forwarded and
         answered in order.
         """
-        conn = yield connectRaw(self, self.proxy.port)
+        conn = await connectRaw(self, self.proxy.port)
         body = b'{"n": 1}'
         conn.send(
-            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nx-fake-scenario: json\r\n"
+            b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nx-fake-scenario: json\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
-        yield conn.waitForResponse()
+        await conn.waitForResponse()
         first = parseRawResponse(bytes(conn.data))
         del conn.data[:]
         conn.send(
-            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nx-fake-scenario: sse\r\n"
+            b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nx-fake-scenario: sse\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
-        yield conn.closed
+        await conn.closed
         second = parseRawResponse(bytes(conn.data))
         self.assertEqual((first.status, second.status), (200, 200))
         self.assertEqual(json.loads(first.body)["status"], "completed")
@@ -399,23 +420,24 @@ class ConnectionReuseTests(TestCase):
         self.assertIn(b"event: response.completed", second.body)
         self.assertEqual(len(self.upstream.resource.requests), 2)
 
-    @inlineCallbacks
-    def test_concurrentStreams(self) -> None:
+    async def test_concurrentStreams(self) -> None:
         """
         Several streams at once each get their own complete answer.
         """
         client = httpClient(self)
-        responses = yield gatherResults(
+        responses = await gatherResults(
             [
                 client.post(
                     self.proxy.url,
                     data=b'{"n": %d}' % n,
-                    headers={"x-fake-interval-ms": "10", "x-fake-events": str(n)},
+                    headers=jsonHeaders(
+                        {"x-fake-interval-ms": "10", "x-fake-events": str(n)}
+                    ),
                 )
                 for n in range(1, 6)
             ]
         )
-        texts = yield gatherResults([treq.text_content(r) for r in responses])
+        texts = await gatherResults([treq.text_content(r) for r in responses])
         for n, text in enumerate(texts, 1):
             self.assertEqual(text.count("event: response.output_text.delta"), n)
             self.assertTrue(text.endswith("\n\n"))
@@ -424,23 +446,23 @@ class ConnectionReuseTests(TestCase):
             sorted(b'{"n": %d}' % n for n in range(1, 6)),
         )
 
-    @inlineCallbacks
-    def test_afterClientGone(self) -> None:
+    async def test_afterClientGone(self) -> None:
         """
         After a client left mid-stream, the next exchange works normally
         (the abandoned upstream connection is not reused).
         """
-        conn = yield connectRaw(self, self.proxy.port)
+        conn = await connectRaw(self, self.proxy.port)
         conn.send(
-            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nx-fake-events: 50\r\n"
+            b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nx-fake-events: 50\r\n"
             b"x-fake-interval-ms: 50\r\nContent-Length: 2\r\n\r\n{}"
         )
-        yield conn.waitForBytes(b"event: response.created")
-        conn.transport.abortConnection()
+        await conn.waitForBytes(b"event: response.created")
+        conn.abort()
         [stream] = self.upstream.resource.streams
-        yield waitFor(lambda: stream.lostAt is not None)
-        response = yield httpClient(self).post(
-            self.proxy.url, data=b"{}", headers={"x-fake-scenario": "json"}
+        await waitFor(lambda: stream.lostAt is not None)
+        response = await httpClient(self).post(
+            self.proxy.url, data=b"{}", headers=jsonHeaders({"x-fake-scenario": "json"})
         )
-        document = yield response.json()
+        document = await response.json()
         self.assertEqual(document["status"], "completed")

@@ -1,6 +1,10 @@
+# -*- test-case-name: tests.test_hardening -*-
 """
 Process hardening before the key is read: non-dumpable, no core files, no
 C{LD_*} variables; a failed step is fatal only with C{CODEX_SECURE_MODE=1}.
+
+Unit tests (in memory) of the steps and their order, and integration
+tests (processes) of a spawned proxy (L{SpawnedHardeningTests}).
 """
 
 from __future__ import annotations
@@ -9,13 +13,15 @@ import io
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from responses_proxy import apikey, hardening
+from responses_proxy.apikey import AuthHeader
 from responses_proxy.hardening import (
     HardeningFailed,
     harden,
@@ -34,6 +40,9 @@ from tests.support import (
 
 
 def failingStep() -> None:
+    """
+    A hardening step that fails as a refused system call does.
+    """
     raise OSError(1, "Operation not permitted")
 
 
@@ -47,7 +56,9 @@ class HardenTests(SynchronousTestCase):
         When every step succeeds there are no warnings and all steps ran.
         """
         ran: list[str] = []
-        steps = [(n, lambda n=n: ran.append(n)) for n in ("a", "b", "c")]
+        steps: list[tuple[str, Callable[[], object]]] = [
+            (n, partial(ran.append, n)) for n in ("a", "b", "c")
+        ]
         self.assertEqual(harden(False, steps), [])
         self.assertEqual(harden(True, steps), [])
         self.assertEqual(ran, ["a", "b", "c"] * 2)
@@ -58,7 +69,7 @@ class HardenTests(SynchronousTestCase):
         step and the error, and the later steps still run.
         """
         ran: list[str] = []
-        steps = [
+        steps: list[tuple[str, Callable[[], object]]] = [
             ("first", lambda: ran.append("first")),
             ("broken step", failingStep),
             ("last", lambda: ran.append("last")),
@@ -78,7 +89,7 @@ class HardenTests(SynchronousTestCase):
         nothing after it runs.
         """
         ran: list[str] = []
-        steps = [
+        steps: list[tuple[str, Callable[[], object]]] = [
             ("first", lambda: ran.append("first")),
             ("broken step", failingStep),
             ("last", lambda: ran.append("last")),
@@ -204,7 +215,7 @@ class LoadKeyTests(SynchronousTestCase):
         self.patch(apikey, "secureModeRequested", lambda: True)
         original = apikey.readAuthHeader
 
-        def reading(*args: Any, **kwargs: Any) -> Any:
+        def reading(*args: Any, **kwargs: Any) -> AuthHeader:
             order.append("read")
             return original(*args, **kwargs)
 
@@ -236,16 +247,14 @@ class SpawnedHardeningTests(TestCase):
     The hardening as seen from outside a running proxy.
     """
 
-    @inlineCallbacks
-    def test_noCoreFiles(self) -> Any:
+    async def test_noCoreFiles(self) -> None:
         """
         A running proxy's core file limit is 0 (soft and hard).
         """
-        proxy = yield spawnProxy(self)
+        proxy = await spawnProxy(self)
         self.assertEqual(procLimits(proxy.pid)["Max core file size"][:2], ["0", "0"])
 
-    @inlineCallbacks
-    def test_notDumpable(self) -> Any:
+    async def test_notDumpable(self) -> None:
         """
         A running proxy is not dumpable: its /proc files belong to root
         instead of its own group. (Checked against a control process started
@@ -257,7 +266,7 @@ class SpawnedHardeningTests(TestCase):
         control = spawnEntryPoint(
             self, restrictedArgv(["/bin/sleep", "30"], gid=nobody), stdin=None
         )
-        proxy = yield spawnProxy(
+        proxy = await spawnProxy(
             self,
             wrap=lambda argv: restrictedArgv(argv, gid=nobody),
             serverInfoPath=os.path.join(self.mktemp(), "info.json"),
@@ -266,10 +275,9 @@ class SpawnedHardeningTests(TestCase):
         self.assertEqual(os.stat(f"/proc/{proxy.pid}/status").st_gid, 0)
         self.assertEqual(os.stat(f"/proc/{proxy.pid}/environ").st_gid, 0)
         control.signal("KILL")
-        yield control.ended
+        await control.ended
 
-    @inlineCallbacks
-    def test_loaderVariablesGoneBeforeTheKey(self) -> Any:
+    async def test_loaderVariablesGoneBeforeTheKey(self) -> None:
         """
         In a fresh process, after L{apikey.loadKey} (hardening, then the key),
         an executed child no longer sees C{LD_*} variables set at start.
@@ -286,13 +294,12 @@ class SpawnedHardeningTests(TestCase):
             stdin=CANARY_KEY.encode(),
             env=childEnvironment(LD_RESPONSES_PROXY_TEST="1", LD_BIND_NOW="1"),
         )
-        result = yield endWithin(process, 10)
+        result = await endWithin(process, 10)
         self.assertEqual(result.exitCode, 0, result.stderr)
         self.assertIn(b"PATH=", result.stdout)
         self.assertNotIn(b"LD_", result.stdout)
 
-    @inlineCallbacks
-    def test_failedStepFatalInSecureMode(self) -> Any:
+    async def test_failedStepFatalInSecureMode(self) -> None:
         """
         The console script with a failing step and CODEX_SECURE_MODE=1
         exits 1 with one line before reading the key or listening.
@@ -304,7 +311,7 @@ class SpawnedHardeningTests(TestCase):
             stdin=CANARY_KEY.encode(),
             env=childEnvironment(CODEX_SECURE_MODE="1"),
         )
-        result = yield endWithin(process, 10)
+        result = await endWithin(process, 10)
         self.assertEqual(result.exitCode, 1, result.stderr)
         first, unread = result.stderr.decode().splitlines()
         self.assertIn("hardening step injected step failed", first)
@@ -312,8 +319,7 @@ class SpawnedHardeningTests(TestCase):
         self.assertEqual(unread, f"unread stdin: {CANARY_KEY.encode()!r}")
         self.assertIsNone(readServerInfo(info))
 
-    @inlineCallbacks
-    def test_failedStepWarnsOtherwise(self) -> Any:
+    async def test_failedStepWarnsOtherwise(self) -> None:
         """
         Without secure mode the same failure is a warning and the proxy
         serves.
@@ -325,9 +331,9 @@ class SpawnedHardeningTests(TestCase):
             stdin=CANARY_KEY.encode(),
             env=childEnvironment(CODEX_SECURE_MODE="0"),
         )
-        yield waitFor(lambda: readServerInfo(info) or process.ended.called)
+        await waitFor(lambda: readServerInfo(info) or process.ended.called)
         self.assertIsNotNone(readServerInfo(info), process.capture.err)
         process.signal("TERM")
-        result = yield process.ended
+        result = await process.ended
         self.assertEqual(result.exitCode, 0)
         self.assertIn(b"hardening step injected step failed", result.stderr)

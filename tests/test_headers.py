@@ -1,21 +1,26 @@
+# -*- test-case-name: tests.test_headers -*-
 """
 Which headers cross the proxy: end-to-end headers unchanged in both
 directions, Authorization replaced by ours, Host set for the upstream,
 hop-by-hop headers stopped.
+
+Integration tests (loopback); L{UpstreamRequestHeadersTests} is a unit
+test (in memory).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
 from responses_proxy.headers import HOP_BY_HOP, upstreamRequestHeaders
+from tests.fakeupstream import RecordedRequest
 from tests.support import (
     CANARY_KEY,
+    RawResponse,
+    RunningProxy,
     parseRawResponse,
     rawExchange,
     startFakeUpstream,
@@ -36,30 +41,44 @@ class RequestHeaderTests(TestCase):
         self.upstream = startFakeUpstream(self)
         self.proxy = startProxy(self, self.upstream.url)
 
-    @inlineCallbacks
-    def forward(self, headerLines: bytes) -> Any:
+    async def forward(
+        self,
+        headerLines: bytes,
+        host: bytes | None = b"127.0.0.1",
+        contentType: bytes | None = b"application/json",
+        proxy: RunningProxy | None = None,
+    ) -> RecordedRequest:
         """
-        POST with C{headerLines} added; return what the upstream recorded.
+        POST to C{proxy} (by default the test's) with C{headerLines} added,
+        after a C{Host} and a C{Content-Type} line unless they are L{None}
+        (C{headerLines} has its own); return what the upstream recorded.
         """
-        raw = yield rawExchange(
-            self.proxy.port,
-            b"POST /v1/responses HTTP/1.1\r\n"
-            b"x-fake-scenario: json\r\n"
-            b"Content-Length: %d\r\n" % len(_BODY) + headerLines + b"\r\n" + _BODY,
+        head = b"POST /v1/responses HTTP/1.1\r\n"
+        if host is not None:
+            head += b"Host: %s\r\n" % (host,)
+        if contentType is not None:
+            head += b"Content-Type: %s\r\n" % (contentType,)
+        raw = await rawExchange(
+            (proxy or self.proxy).port,
+            head
+            + b"x-fake-scenario: json\r\n"
+            + b"Content-Length: %d\r\n" % len(_BODY)
+            + headerLines
+            + b"\r\n"
+            + _BODY,
         )
         self.assertEqual(parseRawResponse(raw).status, 200, raw)
         [seen] = self.upstream.resource.requests
         return seen
 
-    @inlineCallbacks
-    def test_endToEndHeadersUnchanged(self) -> None:
+    async def test_endToEndHeadersUnchanged(self) -> None:
         """
         Every end-to-end header reaches the upstream with its value byte for
         byte: odd spacing, commas, quotes, repeated headers in order,
         non-ASCII bytes and long values included.
         """
         sent = [
-            (b"Host", b"proxy.example"),
+            (b"Host", b"localhost:%d" % self.proxy.port),
             (b"Content-Type", b"application/json; charset=utf-8"),
             (b"Accept", b"text/event-stream"),
             (b"User-Agent", b"codex_cli_rs/0.50.0 (Linux; x86_64) tester"),
@@ -75,7 +94,11 @@ class RequestHeaderTests(TestCase):
             (b"X-Long", b"v" * 6000),
             (b"Connection", b"close"),
         ]
-        seen = yield self.forward(b"".join(b"%s: %s\r\n" % pair for pair in sent))
+        seen = await self.forward(
+            b"".join(b"%s: %s\r\n" % pair for pair in sent),
+            host=None,
+            contentType=None,
+        )
         for name, value in sent:
             if name in (b"Host", b"Connection", b"X-Multi"):
                 continue
@@ -83,13 +106,12 @@ class RequestHeaderTests(TestCase):
         self.assertEqual(seen.header(b"x-multi"), [b"first", b"second"])
         self.assertEqual(seen.body, _BODY)
 
-    @inlineCallbacks
-    def test_authorizationReplaced(self) -> None:
+    async def test_authorizationReplaced(self) -> None:
         """
         Any client Authorization header, in any case and any number, is
         dropped and exactly one C{Authorization: Bearer <key>} is sent.
         """
-        seen = yield self.forward(
+        seen = await self.forward(
             b"Authorization: Bearer sk-client-one\r\n"
             b"authorization: Basic dXNlcjpwYXNz\r\n"
             b"AUTHORIZATION: Bearer sk-client-three\r\n"
@@ -99,29 +121,36 @@ class RequestHeaderTests(TestCase):
         values = [v for k, v in seen.headers if k.lower() == b"authorization"]
         self.assertEqual(values, [_OURS])
 
-    @inlineCallbacks
-    def test_authorizationAddedWhenAbsent(self) -> None:
+    async def test_authorizationAddedWhenAbsent(self) -> None:
         """
         A client that sends no Authorization still gets ours added.
         """
-        seen = yield self.forward(b"Connection: close\r\n")
+        seen = await self.forward(b"Connection: close\r\n")
         self.assertEqual(seen.header(b"authorization"), [_OURS])
 
-    @inlineCallbacks
-    def test_hostIsUpstream(self) -> None:
+    async def test_hostIsUpstream(self) -> None:
         """
-        Host becomes the upstream's C{host:port}, whatever the client sent.
+        Host becomes the upstream's C{host:port}, whatever name the client
+        used: another loopback name, or one C{--allow-host} admits.
         """
-        seen = yield self.forward(b"Host: api.openai.com\r\nConnection: close\r\n")
+        seen = await self.forward(
+            b"Host: localhost:%d\r\nConnection: close\r\n" % self.proxy.port,
+            host=None,
+        )
+        self.assertEqual(seen.header(b"host"), [b"127.0.0.1:%d" % self.upstream.port])
+        del self.upstream.resource.requests[:]
+        named = startProxy(self, self.upstream.url, "--allow-host", "proxy.example")
+        seen = await self.forward(
+            b"Host: proxy.example\r\nConnection: close\r\n", host=None, proxy=named
+        )
         self.assertEqual(seen.header(b"host"), [b"127.0.0.1:%d" % self.upstream.port])
 
-    @inlineCallbacks
-    def test_hopByHopNotForwarded(self) -> None:
+    async def test_hopByHopNotForwarded(self) -> None:
         """
         Connection, the headers it names, Keep-Alive, Proxy-Authorization,
         Proxy-Connection, TE, Trailer and Upgrade stop at the proxy.
         """
-        seen = yield self.forward(
+        seen = await self.forward(
             # (twisted.web only honours "close" as the whole first value.)
             b"Connection: close\r\n"
             b"Connection: X-Named-One, x-named-two\r\n"
@@ -151,15 +180,15 @@ class RequestHeaderTests(TestCase):
             self.assertNotIn(b"x-named", value.lower())
         self.assertEqual(seen.header(b"x-kept"), [b"yes"])
 
-    @inlineCallbacks
-    def test_nothingAdded(self) -> None:
+    async def test_nothingAdded(self) -> None:
         """
         The upstream receives the client's end-to-end headers plus only
         Host, Authorization and Content-Length: no Accept-Encoding,
         User-Agent, Via or X-Forwarded-* of the proxy's own.
         """
-        seen = yield self.forward(
-            b"Connection: close\r\nX-One: 1\r\nContent-Type: application/json\r\n"
+        seen = await self.forward(
+            b"Connection: close\r\nX-One: 1\r\nContent-Type: application/json\r\n",
+            contentType=None,
         )
         names = sorted({name.lower() for name, _ in seen.headers})
         self.assertEqual(
@@ -174,15 +203,15 @@ class RequestHeaderTests(TestCase):
             ],
         )
 
-    @inlineCallbacks
-    def test_secretsNeverEchoed(self) -> None:
+    async def test_secretsNeverEchoed(self) -> None:
         """
         Neither the key nor the client's own credential appears in the
         client's response headers.
         """
-        raw = yield rawExchange(
+        raw = await rawExchange(
             self.proxy.port,
-            b"POST /v1/responses HTTP/1.1\r\nx-fake-scenario: json\r\n"
+            b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nx-fake-scenario: json\r\n"
             b"Authorization: Bearer sk-client-secret\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(_BODY) + _BODY,
         )
@@ -223,29 +252,30 @@ class ResponseHeaderTests(TestCase):
         self.upstream = startFakeUpstream(self)
         self.proxy = startProxy(self, self.upstream.url)
 
-    @inlineCallbacks
-    def exchange(self, scenario: bytes, extra: list[list[str]] | None = None) -> Any:
+    async def exchange(
+        self, scenario: bytes, extra: list[list[str]] | None = None
+    ) -> RawResponse:
         """
         POST through the proxy from a raw socket; return the parsed answer.
         """
         lines = b"x-fake-scenario: " + scenario + b"\r\n"
         if extra is not None:
             lines += b"x-fake-response-headers: " + json.dumps(extra).encode() + b"\r\n"
-        raw = yield rawExchange(
+        raw = await rawExchange(
             self.proxy.port,
-            b"POST /v1/responses HTTP/1.1\r\nConnection: close\r\n"
+            b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n"
             + lines
             + b"Content-Length: %d\r\n\r\n" % len(_BODY)
             + _BODY,
         )
         return parseRawResponse(raw)
 
-    @inlineCallbacks
-    def test_streamHeadersMirrored(self) -> None:
+    async def test_streamHeadersMirrored(self) -> None:
         """
         The SSE answer's end-to-end headers reach the client unchanged.
         """
-        response = yield self.exchange(
+        response = await self.exchange(
             b"sse",
             [
                 ["x-ratelimit-limit-tokens", "30000"],
@@ -271,20 +301,18 @@ class ResponseHeaderTests(TestCase):
         for name, values in expected.items():
             self.assertEqual(response.header(name), values, name)
 
-    @inlineCallbacks
-    def test_errorHeadersMirrored(self) -> None:
+    async def test_errorHeadersMirrored(self) -> None:
         """
         A 429's status, Retry-After and rate-limit headers are mirrored.
         """
-        response = yield self.exchange(b"status")
+        response = await self.exchange(b"status")
         self.assertEqual(response.status, 429)
         self.assertEqual(response.header(b"retry-after"), [b"7"])
         self.assertEqual(response.header(b"x-ratelimit-limit-requests"), [b"100"])
         self.assertEqual(response.header(b"content-type"), [b"application/json"])
         self.assertEqual(json.loads(response.body)["error"]["code"], "429")
 
-    @inlineCallbacks
-    def test_responseHopByHopNotMirrored(self) -> None:
+    async def test_responseHopByHopNotMirrored(self) -> None:
         """
         The upstream's hop-by-hop headers do not reach the client.
 
@@ -292,7 +320,7 @@ class ResponseHeaderTests(TestCase):
         covered: twisted.web's client keeps C{Connection} away from the
         response headers the proxy sees.)
         """
-        response = yield self.exchange(
+        response = await self.exchange(
             b"json",
             [
                 ["Keep-Alive", "timeout=30"],
@@ -311,11 +339,10 @@ class ResponseHeaderTests(TestCase):
         self.assertEqual(response.header(b"x-public"), [b"end-to-end"])
         self.assertEqual(json.loads(response.body)["status"], "completed")
 
-    @inlineCallbacks
-    def test_noContentTypeInvented(self) -> None:
+    async def test_noContentTypeInvented(self) -> None:
         """
         When the upstream sends no Content-Type, the proxy adds none.
         """
-        response = yield self.exchange(b"redirect")
+        response = await self.exchange(b"redirect")
         self.assertEqual(response.status, 302)
         self.assertEqual(response.header(b"content-type"), [])

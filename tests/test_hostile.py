@@ -1,10 +1,16 @@
+# -*- test-case-name: tests.test_hostile -*-
 """
-Hostile HTTP over raw sockets: only the exact C{POST /v1/responses} is ever
-forwarded; malformed, ambiguous and smuggling requests get a 4xx (or a
-closed connection), reach nobody, and never disturb the next client.
+Hostile HTTP over raw sockets: only the exact C{POST /v1/responses}, with
+what admission wants (a loopback C{Host}, a JSON body, no browser's
+headers), is ever forwarded; malformed, ambiguous and smuggling requests
+get a 4xx of their own (or a closed connection), reach nobody, and never
+disturb the next client. Every corpus request is otherwise what a client
+sends, so that it meets the refusal it is there for.
 
 The raw-HTTP helpers here (L{parseResponse}, L{blockingExchange},
 L{goodRequest}) are shared with the other adversarial test modules.
+
+Integration tests (loopback): raw sockets against the proxy in-process.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor, threads
-from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.support import rawExchange, startFakeUpstream, startProxy, waitFor
@@ -241,6 +246,11 @@ _headerNames = st.one_of(
             "Forwarded",
             "X-Fake-Scenario",
             "Accept",
+            # What admission looks at: a browser's marks, a second Host or
+            # Content-Type.
+            "Origin",
+            "Sec-Fetch-Mode",
+            "Content-Type",
         ]
     ),
     st.text(_TCHARS, min_size=1, max_size=16),
@@ -257,10 +267,45 @@ _headerSets = st.lists(
 
 def _request(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
     body = b'{"input": "x"}'
-    lines = [f"{method} {target} HTTP/1.1", "Connection: close"]
+    lines = [
+        f"{method} {target} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Content-Type: application/json",
+        "Connection: close",
+    ]
     lines += [f"{name}: {value}" for name, value in headers]
     lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _expectedRefusal(
+    method: str, target: str, headers: list[tuple[str, str]]
+) -> tuple[int, str] | None:
+    """
+    How the proxy must answer L{_request}C{(method, target, headers)}: the
+    status and error code of its refusal, or L{None} when it forwards it.
+    Admission comes first (a browser's headers, then a second C{Host},
+    then a WebSocket upgrade, then, for what would be forwarded, a second
+    C{Content-Type}); what it admits is forwarded only in the exact form.
+    """
+    names = [name.lower() for name, _ in headers]
+    if any(name == "origin" or name.startswith("sec-fetch-") for name in names):
+        return 403, "browser_request"
+    if "host" in names:
+        return 403, "host_not_allowed"
+    upgrades = {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == "upgrade"
+        for token in value.split(",")
+    }
+    if method == "GET" and target == "/v1/responses" and "websocket" in upgrades:
+        return 426, "websocket_not_supported"
+    if method == "POST" and target == "/v1/responses":
+        if "content-type" in names:
+            return 415, "unsupported_media_type"
+        return None
+    return 403, "forbidden"
 
 
 class RoutingPropertyTests(TestCase):
@@ -271,13 +316,13 @@ class RoutingPropertyTests(TestCase):
 
     timeout = 60
 
-    @inlineCallbacks
-    def test_onlyExactFormForwarded(self) -> None:
+    async def test_onlyExactFormForwarded(self) -> None:
         """
         For generated methods, request targets and header sets, the answer is
-        403 (and the upstream records nothing) unless the method is exactly
-        C{POST} and the target exactly C{/v1/responses}, which is forwarded
-        once.
+        a refusal (403 C{forbidden}, or admission's own, see
+        L{_expectedRefusal}) and the upstream records nothing, unless the
+        method is exactly C{POST} and the target exactly C{/v1/responses}
+        and admission lets it through: then it is forwarded once.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url, "--http-shutdown")
@@ -299,29 +344,31 @@ class RoutingPropertyTests(TestCase):
             data, _ = blockingExchange(proxy.port, _request(method, target, headers))
             response = parseResponse(data)
             assert response is not None, (method, target, data[:200])
-            exact = method == "POST" and target == "/v1/responses"
-            if exact:
-                assert response.status == 200, (target, response.status)
+            refusal = _expectedRefusal(method, target, headers)
+            if refusal is None:
+                assert response.status == 200, (target, headers, response.status)
                 assert len(seen) == before + 1
                 stats["forwarded"] += 1
             else:
-                assert response.status == 403, (method, target, response.status)
+                status, code = refusal
+                assert response.status == status, (method, target, headers, data)
                 if method != "HEAD":  # a HEAD answer has no body
                     assert response.complete, (method, target, headers, data)
                     error = json.loads(response.body)["error"]
-                    assert error["code"] == "forbidden", error
+                    assert error["code"] == code, (error, headers)
                 assert len(seen) == before, (method, target)
                 stats["refused"] += 1
 
         started = time.monotonic()
-        yield threads.deferToThread(check)
+        await threads.deferToThread(check)
         self.assertLess(time.monotonic() - started, 30)
         self.assertGreater(stats["refused"], 100)
         self.assertTrue(all(r.uri == b"/v1/responses" for r in seen))
 
 
 _BASE_REQUEST = (
-    b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/json\r\n"
     b'Connection: close\r\nContent-Length: 14\r\n\r\n{"input": "x"}'
 )
 _INTERESTING = [b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b"\x00", b"\xff", b"0", b";"]
@@ -352,8 +399,7 @@ class MutationFuzzTests(TestCase):
 
     timeout = 60
 
-    @inlineCallbacks
-    def test_mutatedRequests(self) -> None:
+    async def test_mutatedRequests(self) -> None:
         """
         For requests made by inserting, deleting or replacing a few bytes of
         a valid one: the answer is a 2xx from the upstream or a 4xx from the
@@ -396,10 +442,12 @@ class MutationFuzzTests(TestCase):
                 assert len(seen) == before, payload
                 stats["refused"] += 1
 
-        yield threads.deferToThread(check)
+        await threads.deferToThread(check)
         self.assertGreater(stats["refused"], 50, stats)
-        data = yield rawExchange(proxy.port, goodRequest())
-        self.assertEqual(parseResponse(data).status, 200)  # type: ignore[union-attr]
+        data = await rawExchange(proxy.port, goodRequest())
+        good = parseResponse(data)
+        assert good is not None, data[:200]
+        self.assertEqual(good.status, 200)
 
 
 def _sendInPieces(port: int, payload: bytes, cuts: list[int]) -> bytes:
@@ -438,7 +486,8 @@ def _chunkedRequests(draw: st.DrawFn) -> tuple[bytes, bytes, list[int]]:
         frames += b"%x%s\r\n%s\r\n" % (len(piece), extension, piece)
     frames += b"0\r\n\r\n"
     head = (
-        b"POST /v1/responses HTTP/1.1\r\nConnection: close\r\n"
+        b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nConnection: close\r\n"
         b"X-Fake-Scenario: json\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     payload = head + frames
@@ -454,8 +503,7 @@ class BodyFramingPropertyTests(TestCase):
 
     timeout = 60
 
-    @inlineCallbacks
-    def test_chunkedBodiesForwardedExactly(self) -> None:
+    async def test_chunkedBodiesForwardedExactly(self) -> None:
         """
         For generated bodies split into chunks (with chunk extensions) and
         sent in arbitrary TCP fragments, the proxy answers 200 and the
@@ -480,234 +528,271 @@ class BodyFramingPropertyTests(TestCase):
             assert len(seen) == before + 1
             assert seen[-1].body == body, (payload[:200], seen[-1].body[:100])
 
-        yield threads.deferToThread(check)
+        await threads.deferToThread(check)
 
 
 # Malformed and smuggling input -----------------------------------------------
 
 _BODY = b'{"model": "m", "input": "hi"}'
 
+# The request line and the headers admission wants (a loopback Host, a JSON
+# body): each case below is a request a client could send but for its one
+# malformation, so that it meets its own refusal, not admission's.
+_POST = (
+    b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/json\r\n"
+)
+_JSON = b"Content-Type: application/json\r\n"
+
 # (name, raw bytes): every one of them must be refused without forwarding.
 MALFORMED: list[tuple[str, bytes]] = [
     ("garbage request line", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"),
-    ("missing version", b"POST /v1/responses\r\nHost: x\r\n\r\n"),
-    ("HTTP/2.0 version", b"POST /v1/responses HTTP/2.0\r\nHost: x\r\n\r\n"),
+    ("missing version", b"POST /v1/responses\r\nHost: 127.0.0.1\r\n" + _JSON + b"\r\n"),
+    (
+        "HTTP/2.0 version",
+        b"POST /v1/responses HTTP/2.0\r\nHost: 127.0.0.1\r\n" + _JSON + b"\r\n",
+    ),
     ("HTTP/0.9 style", b"GET /\r\n\r\n"),
-    ("extra spaces", b"POST  /v1/responses HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
-    ("tab separator", b"POST\t/v1/responses HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
-    ("lowercase version", b"POST /v1/responses http/1.1\r\nContent-Length: 0\r\n\r\n"),
+    (
+        "extra spaces",
+        b"POST  /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + _JSON
+        + b"Content-Length: 0\r\n\r\n",
+    ),
+    (
+        "tab separator",
+        b"POST\t/v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + _JSON
+        + b"Content-Length: 0\r\n\r\n",
+    ),
+    (
+        "lowercase version",
+        b"POST /v1/responses http/1.1\r\nHost: 127.0.0.1\r\n"
+        + _JSON
+        + b"Content-Length: 0\r\n\r\n",
+    ),
     (
         "bare LF everywhere",
-        b"POST /v1/responses HTTP/1.1\nHost: x\nContent-Length: %d\n\n%s"
+        b"POST /v1/responses HTTP/1.1\nHost: 127.0.0.1\n"
+        b"Content-Type: application/json\nContent-Length: %d\n\n%s"
         % (len(_BODY), _BODY),
     ),
     (
         "bare LF in headers",
-        b"POST /v1/responses HTTP/1.1\r\nHost: x\nContent-Length: %d\r\n\r\n%s"
-        % (len(_BODY), _BODY),
+        b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\nContent-Length: %d\r\n"
+        b"Content-Type: application/json\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
     (
         "bare CR in header",
-        b"POST /v1/responses HTTP/1.1\r\nHost: x\rX: y\r\nContent-Length: %d\r\n\r\n%s"
+        b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\rX: y\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
         % (len(_BODY), _BODY),
     ),
     (
         "obs-folded header",
-        b"POST /v1/responses HTTP/1.1\r\nX-Folded: a\r\n b\r\nContent-Length: %d"
-        b"\r\n\r\n%s" % (len(_BODY), _BODY),
+        _POST
+        + b"X-Folded: a\r\n b\r\nContent-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
     (
         "obs-folded content-length",
-        b"POST /v1/responses HTTP/1.1\r\nContent-Length:\r\n %d\r\n\r\n%s"
-        % (len(_BODY), _BODY),
+        _POST + b"Content-Length:\r\n %d\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
     (
         "leading whitespace header",
-        b"POST /v1/responses HTTP/1.1\r\n Host: x\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(_BODY), _BODY),
+        b"POST /v1/responses HTTP/1.1\r\n Host: 127.0.0.1\r\n"
+        + _JSON
+        + b"Content-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
     (
         "space before colon",
-        b"POST /v1/responses HTTP/1.1\r\nContent-Length : %d\r\n\r\n%s"
-        % (len(_BODY), _BODY),
+        _POST + b"Content-Length : %d\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
     (
         "header without colon",
-        b"POST /v1/responses HTTP/1.1\r\nNoColonHere\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(_BODY), _BODY),
+        _POST + b"NoColonHere\r\nContent-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
     (
         "content-length and transfer-encoding (CL.TE)",
-        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 6\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+        _POST + b"Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
     ),
     (
         "transfer-encoding and content-length (TE.CL)",
-        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+        _POST + b"Transfer-Encoding: chunked\r\n"
         b"Content-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n",
     ),
     (
         "two different content-lengths",
-        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 30"
-        b"\r\n\r\n" + _BODY,
+        _POST + b"Content-Length: 5\r\nContent-Length: 30\r\n\r\n" + _BODY,
     ),
     (
         "two equal content-lengths",
-        b"POST /v1/responses HTTP/1.1\r\nContent-Length: %d\r\nContent-Length: %d"
-        b"\r\n\r\n%s" % (len(_BODY), len(_BODY), _BODY),
-    ),
-    (
-        "comma-listed content-length",
-        b"POST /v1/responses HTTP/1.1\r\nContent-Length: %d, %d\r\n\r\n%s"
+        _POST
+        + b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n%s"
         % (len(_BODY), len(_BODY), _BODY),
     ),
     (
+        "comma-listed content-length",
+        _POST + b"Content-Length: %d, %d\r\n\r\n%s" % (len(_BODY), len(_BODY), _BODY),
+    ),
+    (
         "signed content-length",
-        b"POST /v1/responses HTTP/1.1\r\nContent-Length: +%d\r\n\r\n%s"
-        % (len(_BODY), _BODY),
+        _POST + b"Content-Length: +%d\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
     (
         "negative content-length",
-        b"POST /v1/responses HTTP/1.1\r\nContent-Length: -1\r\n\r\n" + _BODY,
+        _POST + b"Content-Length: -1\r\n\r\n" + _BODY,
     ),
     (
         "hex content-length",
-        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 0x1d\r\n\r\n" + _BODY,
+        _POST + b"Content-Length: 0x1d\r\n\r\n" + _BODY,
     ),
     (
         "transfer-encoding chunked twice",
-        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+        _POST + b"Transfer-Encoding: chunked\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     ),
     (
         "transfer-encoding list",
-        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
-        b"5\r\nhello\r\n0\r\n\r\n",
+        _POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     ),
     (
         "transfer-encoding obfuscated",
-        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n"
-        b"5\r\nhello\r\n0\r\n\r\n",
+        _POST + b"Transfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     ),
     (
         "transfer-encoding with trailing garbage",
-        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked;x\r\n\r\n"
-        b"5\r\nhello\r\n0\r\n\r\n",
+        _POST + b"Transfer-Encoding: chunked;x\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     ),
     (
         "chunk size with 0x prefix",
-        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"0x5\r\nhello\r\n0\r\n\r\n",
+        _POST + b"Transfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
     ),
     (
         "negative chunk size",
-        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"-5\r\nhello\r\n0\r\n\r\n",
+        _POST + b"Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
     ),
     (
         "non-hex chunk size",
-        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"zz\r\nhello\r\n0\r\n\r\n",
+        _POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
     ),
     (
         "chunk shorter than its size",
-        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"3\r\nhello\r\n0\r\n\r\n",
+        _POST + b"Transfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n",
     ),
     (
         "chunk size with bare LF",
-        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"5\nhello\r\n0\r\n\r\n",
+        _POST + b"Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
     ),
     (
         "overlong chunk size line",
-        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        _POST
+        + b"Transfer-Encoding: chunked\r\n\r\n"
         + b"0" * 20000
         + b"5\r\nhello\r\n0\r\n\r\n",
     ),
     (
         "NUL in request target",
-        b"POST /v1/responses\x00 HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        b"POST /v1/responses\x00 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + _JSON
+        + b"Content-Length: 0\r\n\r\n",
     ),
     (
         "NUL in header value",
-        b"POST /v1/responses HTTP/1.1\r\nX-A: a\x00b\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(_BODY), _BODY),
+        _POST + b"X-A: a\x00b\r\nContent-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
     (
         "NUL in header name",
-        b"POST /v1/responses HTTP/1.1\r\nX\x00A: a\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(_BODY), _BODY),
+        _POST + b"X\x00A: a\r\nContent-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
     (
         "control character in header value",
-        b"POST /v1/responses HTTP/1.1\r\nX-A: a\x01b\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(_BODY), _BODY),
+        _POST + b"X-A: a\x01b\r\nContent-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
     (
         "escape sequence in header value",
-        b"POST /v1/responses HTTP/1.1\r\nX-A: \x1b[31mred\r\nContent-Length: %d"
-        b"\r\n\r\n%s" % (len(_BODY), _BODY),
+        _POST
+        + b"X-A: \x1b[31mred\r\nContent-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
     (
         "DEL in header value",
-        b"POST /v1/responses HTTP/1.1\r\nX-A: a\x7fb\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(_BODY), _BODY),
+        _POST + b"X-A: a\x7fb\r\nContent-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
     (
         "non-ASCII in header name",
-        b"POST /v1/responses HTTP/1.1\r\nX-\xc3\xa9: a\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(_BODY), _BODY),
+        _POST + b"X-\xc3\xa9: a\r\nContent-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
     (
         "one 1 MB header line",
-        b"POST /v1/responses HTTP/1.1\r\nX-Big: "
+        _POST
+        + b"X-Big: "
         + b"a" * (1 << 20)
         + b"\r\nContent-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
     (
         "10,000 headers",
-        b"POST /v1/responses HTTP/1.1\r\n"
+        _POST
         + b"".join(b"X-H%d: v\r\n" % i for i in range(10000))
         + b"Content-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY),
     ),
 ]
 
-_HIDDEN = b"POST /v1/responses HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+# The error codes of admission's refusals: a malformed request must meet its
+# own refusal (a 400, 413, 431 or the resource's 403), never one of these.
+_ADMISSION_CODES = {"browser_request", "host_not_allowed", "unsupported_media_type"}
+
+
+def _errorCode(response: RawResponse) -> str | None:
+    """
+    The C{code} of a JSON error answer, if it is one.
+    """
+    try:
+        code = json.loads(response.body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
+
+
+_HIDDEN = _POST + b"Content-Length: 0\r\n\r\n"
+_CLTE_BODY = b"0\r\n\r\nGET /shutdown HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\r\n"
 
 # Requests that are valid HTTP but carry a second request inside their body
 # or right after it: only the first may be forwarded, with exactly its body.
+# Both would be admitted, each on its own.
 SMUGGLING: list[tuple[str, bytes, bytes]] = [
     (
         "CL.TE: chunked terminator inside a Content-Length body",
-        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 49\r\n"
-        b"Transfer-Encoding : chunked\r\n\r\n"
-        b"0\r\n\r\nGET /shutdown HTTP/1.1\r\nHost: x\r\n\r\n\r\n",
+        # The Content-Length announces seven bytes more than the body has.
+        _POST
+        + b"Content-Length: %d\r\nTransfer-Encoding : chunked\r\n\r\n"
+        % (len(_CLTE_BODY) + 7)
+        + _CLTE_BODY,
         b"",
     ),
     (
         "request after a zero Content-Length",
-        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n"
-        b"\r\nPOST /v1/responses HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+        _POST
+        + b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+        + _POST
+        + b"Content-Length: 3\r\n\r\nabc",
         b"",
     ),
     (
         "request hidden after the terminating chunk",
-        b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
-        b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+        _POST + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n" + _POST + b"Content-Length: 3\r\n\r\nabc",
         b"hello",
     ),
     (
         "request line inside a Content-Length body",
-        b"POST /v1/responses HTTP/1.1\r\nConnection: close\r\nContent-Length: %d\r\n"
-        b"\r\n%s" % (len(_HIDDEN), _HIDDEN),
+        _POST
+        + b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(_HIDDEN), _HIDDEN),
         _HIDDEN,
     ),
     (
         "pipelined forbidden request",
-        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
-        b"GET /v1/models HTTP/1.1\r\nConnection: close\r\n\r\n",
+        _POST + b"Content-Length: 5\r\n\r\nhello"
+        b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         b"hello",
     ),
 ]
@@ -720,31 +805,34 @@ class MalformedInputTests(TestCase):
 
     timeout = 60
 
-    @inlineCallbacks
-    def test_malformedRefused(self) -> None:
+    async def test_malformedRefused(self) -> None:
         """
-        Each malformed request gets a 4xx (or its connection closed without
-        an answer), nothing reaches the upstream, and the proxy answers a
-        good request right after it.
+        Each malformed request gets a 4xx for its malformation (not an
+        admission refusal), or its connection closed without an answer;
+        nothing reaches the upstream, and the proxy answers a good request
+        right after it.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url, "--request-timeout", "1")
         seen = upstream.resource.requests
         # A first exchange opens what stays open (the pooled upstream
         # connection, the reactor's lazily made pipes): count after it.
-        yield rawExchange(proxy.port, goodRequest())
+        await rawExchange(proxy.port, goodRequest())
         del seen[:]
         before = openFDs()
         for name, payload in MALFORMED:
             started = reactor.seconds()
-            data = yield rawExchange(proxy.port, payload, timeout=5)
+            data = await rawExchange(proxy.port, payload, timeout=5)
             elapsed = reactor.seconds() - started
             response = parseResponse(data)
             if response is not None:
                 self.assertTrue(400 <= response.status < 500, f"{name}: {data[:200]!r}")
+                self.assertNotIn(
+                    _errorCode(response), _ADMISSION_CODES, f"{name}: {data[:200]!r}"
+                )
             self.assertLess(elapsed, 3, f"{name}: not refused promptly")
             self.assertEqual(seen, [], f"{name}: reached the upstream")
-            data = yield rawExchange(proxy.port, goodRequest())
+            data = await rawExchange(proxy.port, goodRequest())
             good = parseResponse(data)
             self.assertIsNotNone(good, f"after {name}")
             assert good is not None
@@ -752,10 +840,9 @@ class MalformedInputTests(TestCase):
             self.assertEqual([r.body for r in seen], [_BODY], name)
             del seen[:]
         # Every refused connection was closed on the proxy's side too.
-        yield waitFor(lambda: openFDs() <= before, timeout=5)
+        await waitFor(lambda: openFDs() <= before, timeout=5)
 
-    @inlineCallbacks
-    def test_malformedRefusedPromptly(self) -> None:
+    async def test_malformedRefusedPromptly(self) -> None:
         """
         Bare LFs and obs-folding are refused with a 400 right away, not left
         to the request timeout.
@@ -765,15 +852,14 @@ class MalformedInputTests(TestCase):
         for name, payload in MALFORMED:
             if "bare LF" not in name and "folded" not in name:
                 continue
-            data = yield rawExchange(proxy.port, payload, timeout=5)
+            data = await rawExchange(proxy.port, payload, timeout=5)
             response = parseResponse(data)
             self.assertIsNotNone(response, f"{name}: no answer within 5 s")
             assert response is not None
             self.assertEqual(response.status, 400, name)
         self.assertEqual(upstream.resource.requests, [])
 
-    @inlineCallbacks
-    def test_smugglingForwardsOnlyTheDeclaredBody(self) -> None:
+    async def test_smugglingForwardsOnlyTheDeclaredBody(self) -> None:
         """
         A second request hidden in or after a body is never forwarded as a
         request: the upstream sees at most the one legitimate request, with
@@ -785,7 +871,7 @@ class MalformedInputTests(TestCase):
         )
         seen = upstream.resource.requests
         for name, payload, body in SMUGGLING:
-            data = yield rawExchange(proxy.port, payload, timeout=5)
+            data = await rawExchange(proxy.port, payload, timeout=5)
             self.assertLessEqual(len(seen), 1, name)
             for request in seen:
                 self.assertEqual(request.uri, b"/v1/responses", name)
@@ -800,42 +886,42 @@ class MalformedInputTests(TestCase):
             self.assertTrue(responses, f"{name}: no answer")
             self.assertNotIn(200, responses[1:], name)
             del seen[:]
-            data = yield rawExchange(proxy.port, goodRequest())
+            data = await rawExchange(proxy.port, goodRequest())
             good = parseResponse(data)
             assert good is not None, name
             self.assertEqual(good.status, 200, name)
             self.assertEqual([r.body for r in seen], [_BODY], name)
             del seen[:]
 
-    @inlineCallbacks
-    def test_tabAndObsTextValuesForwarded(self) -> None:
+    async def test_tabAndObsTextValuesForwarded(self) -> None:
         """
         Header values may hold horizontal tabs and obs-text bytes (RFC 9110
         5.5): those are forwarded unchanged.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        data = yield rawExchange(
+        data = await rawExchange(
             proxy.port,
-            b"POST /v1/responses HTTP/1.1\r\nConnection: close\r\n"
+            b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n"
             b"X-A: a\tb \xe9\xff\r\nContent-Length: 2\r\n\r\n{}",
         )
-        self.assertEqual(parseResponse(data).status, 200)  # type: ignore[union-attr]
+        response = parseResponse(data)
+        assert response is not None, data[:200]
+        self.assertEqual(response.status, 200)
         [seen] = upstream.resource.requests
         self.assertEqual(seen.header(b"x-a"), [b"a\tb \xe9\xff"])
 
-    @inlineCallbacks
-    def test_errorsAreJSON(self) -> None:
+    async def test_errorsAreJSON(self) -> None:
         """
         The proxy's own 400 for a malformed request is a complete JSON error
         that closes the connection.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        data = yield rawExchange(
+        data = await rawExchange(
             proxy.port,
-            b"POST /v1/responses HTTP/1.1\r\nContent-Length: 1\r\n"
-            b"Content-Length: 2\r\n\r\nab",
+            _POST + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
         )
         response = parseResponse(data)
         assert response is not None

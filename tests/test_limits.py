@@ -1,7 +1,10 @@
+# -*- test-case-name: tests.test_limits -*-
 """
 Request limits with clear errors: bodies over C{--max-request-body} get a
 JSON 413 before anything is forwarded, heads over the header limits a JSON
 431, and the client can read that answer even while it is still sending.
+
+Integration tests (loopback).
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ import json
 import socket
 
 from twisted.internet import threads
-from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from responses_proxy.site import DEFAULT_MAX_REQUEST_BODY, MAX_HEADER_BYTES
@@ -50,6 +52,13 @@ def _sendBodyThenRead(
     return bytes(received), sent
 
 
+# The request line and the headers of a well-formed POST /v1/responses.
+_HEAD = (
+    b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/json\r\n"
+)
+
+
 class BodyLimitTests(TestCase):
     """
     Bodies over the limit are refused with a JSON 413 and never forwarded.
@@ -73,8 +82,7 @@ class BodyLimitTests(TestCase):
         self.assertIn(str(limit), error["message"])
         return response
 
-    @inlineCallbacks
-    def test_announcedLengthOverDefaultLimit(self) -> None:
+    async def test_announcedLengthOverDefaultLimit(self) -> None:
         """
         With the default limit (64 MiB), a C{Content-Length} one byte over it
         is refused from the head alone, before a single body byte is sent.
@@ -82,35 +90,31 @@ class BodyLimitTests(TestCase):
         self.assertEqual(DEFAULT_MAX_REQUEST_BODY, 64 * 1024 * 1024)
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        data = yield rawExchange(
+        data = await rawExchange(
             proxy.port,
-            b"POST /v1/responses HTTP/1.1\r\nContent-Length: %d\r\n\r\n"
-            % (DEFAULT_MAX_REQUEST_BODY + 1),
+            _HEAD + b"Content-Length: %d\r\n\r\n" % (DEFAULT_MAX_REQUEST_BODY + 1),
             timeout=5,
         )
         self.assertTooLarge(data, DEFAULT_MAX_REQUEST_BODY)
         self.assertEqual(upstream.resource.requests, [])
 
-    @inlineCallbacks
-    def test_expectContinueOverLimit(self) -> None:
+    async def test_expectContinueOverLimit(self) -> None:
         """
         A client asking C{Expect: 100-continue} for an oversized body gets
         the 413 instead of a 100 Continue.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url, "--max-request-body", "1000")
-        data = yield rawExchange(
+        data = await rawExchange(
             proxy.port,
-            b"POST /v1/responses HTTP/1.1\r\nExpect: 100-continue\r\n"
-            b"Content-Length: 1001\r\n\r\n",
+            _HEAD + b"Expect: 100-continue\r\nContent-Length: 1001\r\n\r\n",
             timeout=5,
         )
         self.assertNotIn(b"100 Continue", data)
         self.assertTooLarge(data, 1000)
         self.assertEqual(upstream.resource.requests, [])
 
-    @inlineCallbacks
-    def test_chunkedOverDefaultLimit(self) -> None:
+    async def test_chunkedOverDefaultLimit(self) -> None:
         """
         A chunked body that grows past the default 64 MiB is refused with a
         413 as soon as it does; the client, still sending, reads the answer.
@@ -118,10 +122,10 @@ class BodyLimitTests(TestCase):
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
         piece = b"x" * (1 << 20)
-        data, sent = yield threads.deferToThread(
+        data, sent = await threads.deferToThread(
             _sendBodyThenRead,
             proxy.port,
-            b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            _HEAD + b"Transfer-Encoding: chunked\r\n\r\n",
             80,
             piece,
             True,
@@ -130,18 +134,17 @@ class BodyLimitTests(TestCase):
         self.assertGreater(sent, DEFAULT_MAX_REQUEST_BODY - (8 << 20))
         self.assertEqual(upstream.resource.requests, [])
 
-    @inlineCallbacks
-    def test_chunkedOverSmallLimit(self) -> None:
+    async def test_chunkedOverSmallLimit(self) -> None:
         """
         With C{--max-request-body 100000}, a chunked body of 200 kB is
         refused with a 413 and nothing is forwarded.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url, "--max-request-body", "100000")
-        data, _ = yield threads.deferToThread(
+        data, _ = await threads.deferToThread(
             _sendBodyThenRead,
             proxy.port,
-            b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            _HEAD + b"Transfer-Encoding: chunked\r\n\r\n",
             20,
             b"y" * 10000,
             True,
@@ -149,8 +152,7 @@ class BodyLimitTests(TestCase):
         self.assertTooLarge(data, 100000)
         self.assertEqual(upstream.resource.requests, [])
 
-    @inlineCallbacks
-    def test_clientStillSendingReadsThe413(self) -> None:
+    async def test_clientStillSendingReadsThe413(self) -> None:
         """
         A client that sends its whole oversized body (announced length)
         before reading still receives the 413: the proxy does not reset the
@@ -159,10 +161,10 @@ class BodyLimitTests(TestCase):
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url, "--max-request-body", "1000000")
         size = 4 << 20
-        data, sent = yield threads.deferToThread(
+        data, sent = await threads.deferToThread(
             _sendBodyThenRead,
             proxy.port,
-            b"POST /v1/responses HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % size,
+            _HEAD + b"Content-Length: %d\r\n\r\n" % size,
             64,
             b"z" * (size // 64),
             False,
@@ -170,24 +172,23 @@ class BodyLimitTests(TestCase):
         self.assertTooLarge(data, 1000000)
         self.assertEqual(upstream.resource.requests, [])
 
-    @inlineCallbacks
-    def test_bodyAtLimitForwarded(self) -> None:
+    async def test_bodyAtLimitForwarded(self) -> None:
         """
         A body of exactly the limit, announced or chunked, is forwarded whole.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url, "--max-request-body", "5000")
         body = b"a" * 5000
-        data = yield rawExchange(proxy.port, goodRequest(body, x_fake_scenario="json"))
+        data = await rawExchange(proxy.port, goodRequest(body, x_fake_scenario="json"))
         response = parseResponse(data)
         assert response is not None
         self.assertEqual(response.status, 200)
         chunked = (
-            b"POST /v1/responses HTTP/1.1\r\nConnection: close\r\n"
+            _HEAD + b"Connection: close\r\n"
             b"X-Fake-Scenario: json\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"9c4\r\n%s\r\n9c4\r\n%s\r\n0\r\n\r\n" % (body[:2500], body[2500:])
         )
-        data = yield rawExchange(proxy.port, chunked)
+        data = await rawExchange(proxy.port, chunked)
         response = parseResponse(data)
         assert response is not None
         self.assertEqual(response.status, 200)
@@ -199,11 +200,14 @@ class HeaderLimitTests(TestCase):
     Oversized request heads are refused with a clear JSON 431.
     """
 
-    @inlineCallbacks
-    def assertHeadRefused(self, payload: bytes) -> object:
+    async def assertHeadRefused(self, payload: bytes) -> None:
+        """
+        C{payload}'s head is refused with a complete JSON 431 that names the
+        limit, nothing is forwarded, and the next request is served.
+        """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        data = yield rawExchange(proxy.port, payload, timeout=5)
+        data = await rawExchange(proxy.port, payload, timeout=5)
         response = parseResponse(data)
         self.assertIsNotNone(response, f"no answer: {data[:100]!r}")
         assert response is not None
@@ -213,21 +217,20 @@ class HeaderLimitTests(TestCase):
         self.assertEqual(error["code"], "request_header_fields_too_large")
         self.assertIn(str(MAX_HEADER_BYTES), error["message"])
         self.assertEqual(upstream.resource.requests, [])
-        data = yield rawExchange(proxy.port, goodRequest())
-        self.assertEqual(parseResponse(data).status, 200)  # type: ignore[union-attr]
-        return response
+        data = await rawExchange(proxy.port, goodRequest())
+        good = parseResponse(data)
+        assert good is not None, data[:100]
+        self.assertEqual(good.status, 200)
 
-    def test_oneHugeHeader(self) -> None:
+    async def test_oneHugeHeader(self) -> None:
         """
         A single 1 MiB header line is a 431, not a silent close.
         """
-        return self.assertHeadRefused(
-            b"POST /v1/responses HTTP/1.1\r\nX-Big: "
-            + b"b" * (1 << 20)
-            + b"\r\nContent-Length: 0\r\n\r\n"
+        await self.assertHeadRefused(
+            _HEAD + b"X-Big: " + b"b" * (1 << 20) + b"\r\nContent-Length: 0\r\n\r\n"
         )
 
-    def test_headJustOverLimit(self) -> None:
+    async def test_headJustOverLimit(self) -> None:
         """
         Headers adding up to just over the limit (in lines that are each
         small) are a 431.
@@ -236,27 +239,24 @@ class HeaderLimitTests(TestCase):
             b"X-H%d: %s\r\n" % (i, b"v" * 1000)
             for i in range(MAX_HEADER_BYTES // 1000 + 1)
         )
-        return self.assertHeadRefused(
-            b"POST /v1/responses HTTP/1.1\r\n" + lines + b"Content-Length: 0\r\n\r\n"
-        )
+        await self.assertHeadRefused(_HEAD + lines + b"Content-Length: 0\r\n\r\n")
 
-    def test_tooManyHeaders(self) -> None:
+    async def test_tooManyHeaders(self) -> None:
         """
         More header lines than allowed (each tiny) are a 431.
         """
         lines = b"".join(b"A:%d\r\n" % (i % 10) for i in range(2000))
-        return self.assertHeadRefused(
-            b"POST /v1/responses HTTP/1.1\r\n" + lines + b"Content-Length: 0\r\n\r\n"
-        )
+        await self.assertHeadRefused(_HEAD + lines + b"Content-Length: 0\r\n\r\n")
 
-    @inlineCallbacks
-    def test_largeButAllowedHead(self) -> None:
+    async def test_largeButAllowedHead(self) -> None:
         """
         A head comfortably under the limit (8 KiB of headers) is forwarded.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        data = yield rawExchange(proxy.port, goodRequest(x_padding="p" * 8192))
-        self.assertEqual(parseResponse(data).status, 200)  # type: ignore[union-attr]
+        data = await rawExchange(proxy.port, goodRequest(x_padding="p" * 8192))
+        response = parseResponse(data)
+        assert response is not None, data[:100]
+        self.assertEqual(response.status, 200)
         [seen] = upstream.resource.requests
         self.assertEqual(seen.header(b"x-padding"), [b"p" * 8192])

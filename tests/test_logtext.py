@@ -1,12 +1,16 @@
+# -*- test-case-name: tests.test_logtext -*-
 """
 The console script's text log observer writes what Twisted's
 C{textFileLogObserver} writes, batched per reactor turn.
+
+Unit tests (in memory).
 """
 
 from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEventAsClassicLogText, formatTime
@@ -23,9 +27,14 @@ class _Reactor(Clock):
 
     def __init__(self) -> None:
         super().__init__()
-        self.triggers: list[tuple[str, str, object]] = []
+        self.triggers: list[tuple[str, str, Callable[[], object]]] = []
 
-    def addSystemEventTrigger(self, phase: str, event: str, f: object) -> None:
+    def addSystemEventTrigger(
+        self, phase: str, event: str, f: Callable[[], object]
+    ) -> None:
+        """
+        Record the trigger instead of registering it.
+        """
         self.triggers.append((phase, event, f))
 
 
@@ -134,5 +143,5 @@ class TextLogObserverTests(SynchronousTestCase):
         [(phase, event, flush)] = self.reactor.triggers
         self.assertEqual((phase, event), ("after", "shutdown"))
         self.observer(_event(log_format="last words"))
-        flush()  # type: ignore[operator]
+        flush()
         self.assertIn("last words", self.stream.getvalue())

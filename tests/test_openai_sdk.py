@@ -1,5 +1,8 @@
+# -*- test-case-name: tests.test_openai_sdk -*-
 """
 The official C{openai} Python SDK streams a response through the proxy.
+
+Integration tests (loopback): the SDK in a thread, the proxy in-process.
 """
 
 from __future__ import annotations
@@ -7,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -54,8 +56,7 @@ class OpenAISDKTests(TestCase):
     A real client library works through the proxy unchanged.
     """
 
-    @inlineCallbacks
-    def test_streamingResponse(self) -> None:
+    async def test_streamingResponse(self) -> None:
         """
         C{client.responses.create(..., stream=True)} against the proxy's
         C{/v1} yields the text deltas and the completed event, and the
@@ -63,7 +64,7 @@ class OpenAISDKTests(TestCase):
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        seen = yield deferToThread(_streamWithSDK, proxy.base + "/v1")
+        seen = await deferToThread(_streamWithSDK, proxy.base + "/v1")
         self.assertEqual("".join(seen["deltas"]), DEFAULT_TEXT)
         self.assertEqual(len(seen["deltas"]), len(DEFAULT_TEXT.split(" ")))
         self.assertEqual(seen["types"][0], "response.created")

@@ -1,20 +1,21 @@
+# -*- test-case-name: tests.test_packaging -*-
 """
 The twistd plugin is shipped the way Twisted finds it, and every entry point
 answers. (The built wheel itself is checked by C{.ci/check-wheel}.)
 
 These run against whatever is installed: the editable install in
 development, the wheel in CI.
+
+Integration tests (processes).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import twisted.plugins
 from twisted.application.service import IServiceMaker
-from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -79,54 +80,52 @@ class EntryPointTests(TestCase):
     The installed commands answer C{--help} with exit status 0.
     """
 
-    @inlineCallbacks
-    def runCommand(self, executable: str, *args: str) -> Any:
-        out, err, code = yield getProcessOutputAndValue(
+    async def runCommand(self, executable: str, *args: str) -> str:
+        """
+        Run C{executable} with C{args}; check it exits 0; its output.
+        """
+        out, err, code = await getProcessOutputAndValue(
             executable, args, env=childEnvironment(), path="/"
         )
         self.assertEqual(code, 0, err.decode())
-        return out.decode()
+        text: str = out.decode()
+        return text
 
-    @inlineCallbacks
-    def test_twistdListsPlugin(self) -> None:
+    async def test_twistdListsPlugin(self) -> None:
         """
         C{twistd --help} lists the plugin among its commands.
         """
-        out = yield self.runCommand(scriptPath("twistd"), "--help")
+        out = await self.runCommand(scriptPath("twistd"), "--help")
         self.assertRegex(out, r"(?m)^\s+responses-api-proxy\s+Strict proxy")
 
-    @inlineCallbacks
-    def test_twistdPluginHelp(self) -> None:
+    async def test_twistdPluginHelp(self) -> None:
         """
         C{twistd responses-api-proxy --help} shows the plugin's options.
         """
-        out = yield self.runCommand(scriptPath("twistd"), TAPNAME, "--help")
+        out = await self.runCommand(scriptPath("twistd"), TAPNAME, "--help")
         for option in ["--listen", "--port", "--server-info", "--upstream-ca"]:
             self.assertIn(option, out)
 
-    @inlineCallbacks
-    def test_consoleScriptHelp(self) -> None:
+    async def test_consoleScriptHelp(self) -> None:
         """
         The C{responses-api-proxy} console script answers C{--help}.
         """
-        out = yield self.runCommand(scriptPath(TAPNAME), "--help")
+        out = await self.runCommand(scriptPath(TAPNAME), "--help")
         self.assertIn("--server-info", out)
 
-    @inlineCallbacks
-    def test_moduleHelp(self) -> None:
+    async def test_moduleHelp(self) -> None:
         """
         C{python -m responses_proxy --help} works from any directory.
         """
-        out = yield self.runCommand(sys.executable, "-m", "responses_proxy", "--help")
+        out = await self.runCommand(sys.executable, "-m", "responses_proxy", "--help")
         self.assertIn("--listen", out)
 
-    @inlineCallbacks
-    def test_pluginImportIsLazy(self) -> None:
+    async def test_pluginImportIsLazy(self) -> None:
         """
         Importing the dropin (as C{twistd --help} does) does not import the
         proxy itself.
         """
-        yield self.runCommand(
+        await self.runCommand(
             sys.executable,
             "-c",
             "import sys, twisted.plugins.responses_api_proxy; "

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_privsep -*-
 """
 Privilege separation, for real: the installed proxy started by root with
 the key on stdin and C{CODEX_SECURE_MODE=1}, probed by a separate
@@ -9,6 +10,8 @@ owned by other users, symlinked or missing parent directories.
 
 These tests need root (to create the users and switch to them); they skip,
 saying so, otherwise.
+
+Integration tests (processes / real users).
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ import sysconfig
 import tempfile
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support import (
     CANARY_KEY,
+    SpawnedProcess,
     childEnvironment,
     readServerInfo,
     spawnEntryPoint,
@@ -111,12 +114,12 @@ def readInfo():
 
 attempt("serverInfo", readInfo)
 attempt("post", lambda: http(
-    b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
     b"Content-Type: application/json\r\nX-Fake-Scenario: json\r\n"
     b"Content-Length: 2\r\n\r\n{}"))
 if "shutdown" in actions:
     attempt("shutdown", lambda: http(
-        b"GET /shutdown HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        b"GET /shutdown HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"))
 print(json.dumps(out))
 """
 
@@ -279,8 +282,7 @@ class _Base(TestCase):
         self.other = systemUser(OTHER_USER)
         self.upstream = startFakeUpstream(self)
 
-    @inlineCallbacks
-    def startProxy(
+    async def startProxy(
         self,
         *args: str,
         serverInfo: str,
@@ -288,7 +290,7 @@ class _Base(TestCase):
         uid: int | None = None,
         gid: int | None = None,
         cwd: str | None = None,
-    ) -> Any:
+    ) -> tuple[SpawnedProcess, dict[str, Any]]:
         """
         Spawn the installed proxy with the key on stdin, secure mode on, and
         wait for its server-info file.
@@ -311,7 +313,7 @@ class _Base(TestCase):
             path=cwd or "/",
         )
 
-        def started() -> Any:
+        def started() -> dict[str, Any] | None:
             if process.ended.called:
                 raise AssertionError("the proxy exited before listening")
             try:
@@ -322,11 +324,13 @@ class _Base(TestCase):
                 return info
             return None
 
-        info = yield waitFor(started, timeout=20)
+        info = await waitFor(started, timeout=20)
+        assert info is not None
         return process, info
 
-    @inlineCallbacks
-    def runProbe(self, pid: int, port: int, serverInfo: str, *actions: str) -> Any:
+    async def runProbe(
+        self, pid: int, port: int, serverInfo: str, *actions: str
+    ) -> dict[str, Any]:
         """
         Run L{PROBE} as the probe user against C{pid}; its JSON findings.
         """
@@ -341,9 +345,10 @@ class _Base(TestCase):
             gid=self.probe.pw_gid,
             path="/",
         )
-        result = yield helper.ended
+        result = await helper.ended
         self.assertEqual(result.exitCode, 0, result.stderr.decode())
-        return json.loads(result.stdout)
+        findings: dict[str, Any] = json.loads(result.stdout)
+        return findings
 
 
 class PrivilegeSeparationTests(_Base):
@@ -357,8 +362,7 @@ class PrivilegeSeparationTests(_Base):
         """
         self.assertEqual(findings[name], {"ok": False, "errno": errno}, name)
 
-    @inlineCallbacks
-    def test_unprivilegedUserGetsServiceButNotKey(self) -> None:
+    async def test_unprivilegedUserGetsServiceButNotKey(self) -> None:
         """
         Against the proxy started by root: the probe user cannot read
         C{environ}, C{mem} or C{maps}, finds no key in C{cmdline}, cannot
@@ -370,7 +374,7 @@ class PrivilegeSeparationTests(_Base):
 
         directory = privateDirectory(self)
         info = os.path.join(directory, "server-info.json")
-        process, serverInfo = yield self.startProxy("--http-shutdown", serverInfo=info)
+        process, serverInfo = await self.startProxy("--http-shutdown", serverInfo=info)
         self.assertEqual(serverInfo["pid"], process.pid)
         status = procFields(process.pid, "status")
         self.assertEqual(status["Uid"].split()[0], "0")
@@ -378,7 +382,7 @@ class PrivilegeSeparationTests(_Base):
         if resource.getrlimit(resource.RLIMIT_MEMLOCK)[0] != 0 or os.geteuid() == 0:
             self.assertGreater(int(status["VmLck"].split()[0]), 0, status["VmLck"])
 
-        findings = yield self.runProbe(
+        findings = await self.runProbe(
             process.pid, serverInfo["port"], info, "shutdown"
         )
         self.assertEqual(findings["uid"], self.probe.pw_uid)
@@ -403,30 +407,28 @@ class PrivilegeSeparationTests(_Base):
             seen.header(b"authorization"), [b"Bearer " + CANARY_KEY.encode()]
         )
         self.assertTrue(findings["shutdown"]["value"].startswith("HTTP/1.1 200 "))
-        result = yield process.ended
+        result = await process.ended
         self.assertEqual((result.exitCode, result.signal), (0, None))
         self.assertFalse(os.path.exists(info))
 
-    @inlineCallbacks
-    def test_shutdownOnlyWithFlag(self) -> None:
+    async def test_shutdownOnlyWithFlag(self) -> None:
         """
         Without C{--http-shutdown}, the probe user's C{GET /shutdown} is a 403
         and the proxy keeps running and serving.
         """
         directory = privateDirectory(self)
         info = os.path.join(directory, "server-info.json")
-        process, serverInfo = yield self.startProxy(serverInfo=info)
-        findings = yield self.runProbe(
+        process, serverInfo = await self.startProxy(serverInfo=info)
+        findings = await self.runProbe(
             process.pid, serverInfo["port"], info, "shutdown"
         )
         self.assertTrue(findings["shutdown"]["value"].startswith("HTTP/1.1 403 "))
         self.assertFalse(process.ended.called)
-        findings = yield self.runProbe(process.pid, serverInfo["port"], info)
+        findings = await self.runProbe(process.pid, serverInfo["port"], info)
         self.assertTrue(findings["post"]["value"].startswith("HTTP/1.1 200 "))
         self.assertFalse(process.ended.called)
 
-    @inlineCallbacks
-    def test_sameUserCannotReadOwnProxy(self) -> None:
+    async def test_sameUserCannotReadOwnProxy(self) -> None:
         """
         Even when the proxy runs as the probe user itself (so only
         C{PR_SET_DUMPABLE=0} stands between them), the user cannot read its
@@ -437,7 +439,7 @@ class PrivilegeSeparationTests(_Base):
         launcher = proxyLauncher(self.probe)
         directory = privateDirectory(self, 0o777)
         info = os.path.join(directory, "server-info.json")
-        process, serverInfo = yield self.startProxy(
+        process, serverInfo = await self.startProxy(
             serverInfo=info,
             launcher=launcher,
             uid=self.probe.pw_uid,
@@ -445,15 +447,14 @@ class PrivilegeSeparationTests(_Base):
         )
         status = procFields(process.pid, "status")
         self.assertEqual(status["Uid"].split()[0], str(self.probe.pw_uid))
-        findings = yield self.runProbe(process.pid, serverInfo["port"], info, "nokill")
+        findings = await self.runProbe(process.pid, serverInfo["port"], info, "nokill")
         for leaf in ("environ", "mem", "maps"):
             self.assertRefused(findings, leaf, errno.EACCES)
         self.assertEqual(set(findings["owners"]["value"].values()), {0})
         self.assertEqual(findings["ptraceAttach"], {"result": -1, "errno": errno.EPERM})
         self.assertTrue(findings["post"]["value"].startswith("HTTP/1.1 200 "))
 
-    @inlineCallbacks
-    def test_noCoreDump(self) -> None:
+    async def test_noCoreDump(self) -> None:
         """
         Even with the core limit raised before it starts, the proxy's own
         limit is 0, and a SIGSEGV leaves no core file in its working
@@ -474,16 +475,16 @@ class PrivilegeSeparationTests(_Base):
         control = spawnEntryPoint(
             self, ["/bin/sh", "-c", "kill -SEGV $$"], stdin=None, path=cwd
         )
-        yield control.ended
+        await control.ended
         controlDumped = bool(glob.glob(os.path.join(cwd, "core*")))
         for path in glob.glob(os.path.join(cwd, "core*")):
             os.unlink(path)
         info = os.path.join(cwd, "server-info.json")
-        process, _ = yield self.startProxy(serverInfo=info, cwd=cwd)
+        process, _ = await self.startProxy(serverInfo=info, cwd=cwd)
         resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
         self.assertEqual(coreLimit(process.pid), "0 0")
         os.kill(process.pid, signal.SIGSEGV)
-        result = yield process.ended
+        result = await process.ended
         self.assertEqual(result.signal, signal.SIGSEGV)
         self.assertEqual(glob.glob(os.path.join(cwd, "core*")), [])
         # Only a plain file name pattern writes cores into the cwd; then the
@@ -511,17 +512,15 @@ class ServerInfoAttackTests(_Base):
         self.assertTrue(content.endswith(b"\n") and content.count(b"\n") == 1)
         self.assertEqual(json.loads(content)["port"], port)
 
-    @inlineCallbacks
-    def stopProxy(self, process: Any) -> Any:
+    async def stopProxy(self, process: SpawnedProcess) -> None:
         """
         SIGTERM the proxy and wait for a clean exit.
         """
         process.signal("TERM")
-        result = yield process.ended
+        result = await process.ended
         self.assertEqual(result.exitCode, 0, result.stderr.decode())
 
-    @inlineCallbacks
-    def test_plantedSymlinkNotFollowed(self) -> None:
+    async def test_plantedSymlinkNotFollowed(self) -> None:
         """
         A symlink planted at the server-info path by another user, pointing
         at a root-owned file, is replaced; the victim is untouched.
@@ -535,7 +534,7 @@ class ServerInfoAttackTests(_Base):
         info = os.path.join(sticky, "server-info.json")
         os.symlink(victim, info)
         os.lchown(info, self.probe.pw_uid, self.probe.pw_gid)
-        process, serverInfo = yield self.startProxy(serverInfo=info)
+        process, serverInfo = await self.startProxy(serverInfo=info)
         self.assertOurInfo(info, serverInfo["port"])
         with open(victim, "rb") as f:
             self.assertEqual(f.read(), b"precious\n")
@@ -544,12 +543,11 @@ class ServerInfoAttackTests(_Base):
             (after.st_mtime_ns, after.st_mode), (before.st_mtime_ns, before.st_mode)
         )
         self.assertEqual(leftovers(sticky), [])
-        yield self.stopProxy(process)
+        await self.stopProxy(process)
         self.assertFalse(os.path.lexists(info))
         self.assertEqual(leftovers(sticky), [])
 
-    @inlineCallbacks
-    def test_plantedFileReplacedAtomically(self) -> None:
+    async def test_plantedFileReplacedAtomically(self) -> None:
         """
         A stale file planted by another user is replaced by a new root-owned
         file (a rename, not a write through the old inode, which keeps its
@@ -563,15 +561,14 @@ class ServerInfoAttackTests(_Base):
         os.chmod(info, 0o666)
         planted = os.open(info, os.O_RDONLY)
         self.addCleanup(os.close, planted)
-        process, serverInfo = yield self.startProxy(serverInfo=info)
+        process, serverInfo = await self.startProxy(serverInfo=info)
         self.assertOurInfo(info, serverInfo["port"])
         self.assertEqual(os.pread(planted, 100, 0), b'{"port": 1}\n')
         self.assertEqual(os.stat(info).st_mode & 0o777, 0o644)
         self.assertEqual(leftovers(sticky), [])
-        yield self.stopProxy(process)
+        await self.stopProxy(process)
 
-    @inlineCallbacks
-    def test_unprivilegedProxyCannotReplaceOthersFile(self) -> None:
+    async def test_unprivilegedProxyCannotReplaceOthersFile(self) -> None:
         """
         The proxy running as the probe user (twistd C{--uid}) cannot replace
         a file another user owns in the sticky directory: it exits 1 with one
@@ -600,7 +597,7 @@ class ServerInfoAttackTests(_Base):
             env=childEnvironment(CODEX_SECURE_MODE="1"),
             path="/",
         )
-        result = yield process.ended
+        result = await process.ended
         self.assertEqual(result.exitCode, 1, result.stderr.decode())
         lines = result.stderr.decode().strip().splitlines()
         self.assertEqual(len(lines), 1, lines)
@@ -612,23 +609,21 @@ class ServerInfoAttackTests(_Base):
         self.assertEqual(os.stat(info).st_uid, self.other.pw_uid)
         self.assertEqual(leftovers(sticky), [])
 
-    @inlineCallbacks
-    def test_missingParentsCreated(self) -> None:
+    async def test_missingParentsCreated(self) -> None:
         """
         Missing parent directories are created (by root, not writable by
         others) and the file written there.
         """
         sticky = stickyDirectory(self)
         info = os.path.join(sticky, "a", "b", "server-info.json")
-        process, serverInfo = yield self.startProxy(serverInfo=info)
+        process, serverInfo = await self.startProxy(serverInfo=info)
         self.assertOurInfo(info, serverInfo["port"])
         for directory in (os.path.join(sticky, "a"), os.path.join(sticky, "a", "b")):
             stat = os.lstat(directory)
             self.assertEqual((stat.st_uid, stat.st_mode & 0o022), (0, 0))
-        yield self.stopProxy(process)
+        await self.stopProxy(process)
 
-    @inlineCallbacks
-    def test_plantedParentSymlinkRefused(self) -> None:
+    async def test_plantedParentSymlinkRefused(self) -> None:
         """
         A missing parent directory that another user pre-planted as a symlink
         to a root-only directory is not followed: the proxy exits 1 with one
@@ -648,11 +643,11 @@ class ServerInfoAttackTests(_Base):
             env=childEnvironment(CODEX_SECURE_MODE="1"),
             path="/",
         )
-        yield waitFor(
+        await waitFor(
             lambda: process.ended.called or os.listdir(victimDirectory), timeout=20
         )
         self.assertEqual(os.listdir(victimDirectory), [])
-        result = yield process.ended
+        result = await process.ended
         self.assertEqual(result.exitCode, 1, result.stderr.decode())
         # The console script logs to stderr too; the error is its own line.
         lines = [

@@ -1,6 +1,10 @@
+# -*- test-case-name: tests.test_serverinfo -*-
 """
 The server-info file: one JSON line, written atomically once the port is
 listening, never through a planted symlink, removed again on clean shutdown.
+
+Unit tests (real files, in this process) of the writer, and integration
+tests (processes) of a spawned proxy (L{SpawnedServerInfoTests}).
 """
 
 from __future__ import annotations
@@ -9,9 +13,8 @@ import json
 import os
 import socket
 import stat
-from typing import Any
 
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from responses_proxy.serverinfo import (
@@ -201,8 +204,7 @@ class SpawnedServerInfoTests(TestCase):
     The server-info file as written by a running proxy.
     """
 
-    @inlineCallbacks
-    def test_appearsOnlyWhenListening(self) -> Any:
+    async def test_appearsOnlyWhenListening(self) -> None:
         """
         The moment the file appears, connecting works; it is one line
         C{{"port": N, "pid": P}} with the process's pid, mode 0644.
@@ -213,7 +215,7 @@ class SpawnedServerInfoTests(TestCase):
             [*ENTRY_POINTS["console script"], "--server-info", path],
             stdin=CANARY_KEY.encode(),
         )
-        yield waitFor(lambda: os.path.exists(path), interval=0.001)
+        await waitFor(lambda: os.path.exists(path), interval=0.001)
         with open(path, "rb") as f:
             content = f.read()
         info = json.loads(content)
@@ -223,12 +225,11 @@ class SpawnedServerInfoTests(TestCase):
         )
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o644)
         process.signal("TERM")
-        result = yield process.ended
+        result = await process.ended
         self.assertEqual(result.exitCode, 0)
         self.assertFalse(os.path.exists(path))
 
-    @inlineCallbacks
-    def test_plantedSymlink(self) -> Any:
+    async def test_plantedSymlink(self) -> None:
         """
         A symlink planted at the server-info path is replaced; the victim
         file it pointed to is untouched, and shutdown removes only our file.
@@ -240,17 +241,16 @@ class SpawnedServerInfoTests(TestCase):
             f.write(b"do not touch\n")
         path = os.path.join(directory, "info.json")
         os.symlink(victim, path)
-        proxy = yield spawnProxy(self, serverInfoPath=path)
+        proxy = await spawnProxy(self, serverInfoPath=path)
         self.assertFalse(os.path.islink(path))
         self.assertEqual(proxy.info["pid"], proxy.pid)
         proxy.process.signal("TERM")
-        yield proxy.process.ended
+        await proxy.process.ended
         self.assertFalse(os.path.lexists(path))
         with open(victim, "rb") as f:
             self.assertEqual(f.read(), b"do not touch\n")
 
-    @inlineCallbacks
-    def test_unwritable(self) -> Any:
+    async def test_unwritable(self) -> None:
         """
         For both entry points, an unwritable server-info location is one
         line on stderr, exit 1, and nothing is left listening.
@@ -260,7 +260,7 @@ class SpawnedServerInfoTests(TestCase):
             pass
         path = os.path.join(blocker, "sub", "info.json")
         ports = {entry: freePort() for entry in ("console script", "twistd")}
-        results = yield gatherResults(
+        results = await gatherResults(
             [
                 endWithin(
                     spawnEntryPoint(

@@ -1,18 +1,28 @@
+# -*- test-case-name: tests.test_streaming -*-
 """
 Streaming: events reach the client as they arrive, and a slow client
 slows the upstream down instead of filling the proxy's memory.
+
+Integration tests (loopback).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import treq
 from twisted.internet import protocol, reactor, task
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tests.support import httpClient, startFakeUpstream, startProxy, waitFor
+from tests.support import (
+    httpClient,
+    jsonHeaders,
+    startFakeUpstream,
+    startProxy,
+    tcpTransport,
+    waitFor,
+)
 
 _BODY = b'{"model": "m", "input": "hi", "stream": true}'
 
@@ -22,8 +32,7 @@ class SSEArrivalTests(TestCase):
     Each SSE event is written to the client the moment it arrives.
     """
 
-    @inlineCallbacks
-    def test_eachEventBeforeTheNext(self) -> None:
+    async def test_eachEventBeforeTheNext(self) -> None:
         """
         Event k reaches the client before the upstream has sent event k+1:
         the upstream is held in lockstep (it sends event k+1 only once the
@@ -32,10 +41,10 @@ class SSEArrivalTests(TestCase):
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        response = yield httpClient(self).post(
+        response = await httpClient(self).post(
             proxy.url,
             data=_BODY,
-            headers={"x-fake-events": "3", "x-fake-step": "manual"},
+            headers=jsonHeaders({"x-fake-events": "3", "x-fake-step": "manual"}),
             unbuffered=True,
         )
         self.assertEqual(response.code, 200)
@@ -50,10 +59,14 @@ class SSEArrivalTests(TestCase):
 
         done = treq.collect(response, gotData)
         for k in range(1, 12):
-            yield waitFor(lambda k=k: received.count(b"\n\n") >= k, timeout=5)
+
+            def holds(k: int = k) -> bool:
+                return received.count(b"\n\n") >= k
+
+            await waitFor(holds, timeout=5)
             self.assertEqual(stream.sent, k, "upstream ran ahead")
             stream.step()
-        yield done
+        await done
         self.assertEqual(received.count(b"\n\n"), 11)
         self.assertTrue(received.startswith(b"event: response.created\n"))
         self.assertTrue(received.endswith(b"\n\n"))
@@ -61,37 +74,35 @@ class SSEArrivalTests(TestCase):
         for complete, upstreamSent in progress:
             self.assertEqual(upstreamSent, complete, progress)
 
-    @inlineCallbacks
-    def test_timedEventsArriveSeparately(self) -> None:
+    async def test_timedEventsArriveSeparately(self) -> None:
         """
         With events spaced 50 ms apart by the upstream, the client receives
         them as separate deliveries, never all at the end.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        response = yield httpClient(self).post(
+        response = await httpClient(self).post(
             proxy.url,
             data=_BODY,
-            headers={"x-fake-events": "3", "x-fake-interval-ms": "50"},
+            headers=jsonHeaders({"x-fake-events": "3", "x-fake-interval-ms": "50"}),
             unbuffered=True,
         )
         [stream] = upstream.resource.streams
         sentAtDelivery: list[int] = []
-        yield treq.collect(response, lambda data: sentAtDelivery.append(stream.sent))
+        await treq.collect(response, lambda data: sentAtDelivery.append(stream.sent))
         # Most deliveries happen while the upstream is still sending.
         self.assertGreater(len([n for n in sentAtDelivery if n < 11]), 5)
 
-    @inlineCallbacks
-    def test_manyEvents(self) -> None:
+    async def test_manyEvents(self) -> None:
         """
         A stream of 5000 events sent back to back arrives complete.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        response = yield httpClient(self).post(
-            proxy.url, data=_BODY, headers={"x-fake-events": "5000"}
+        response = await httpClient(self).post(
+            proxy.url, data=_BODY, headers=jsonHeaders({"x-fake-events": "5000"})
         )
-        text = yield response.text()
+        text = await response.text()
         self.assertEqual(text.count("event: response.output_text.delta"), 5000)
         self.assertTrue(text.endswith("\n\n"))
 
@@ -156,7 +167,7 @@ class _CountingClient(protocol.Protocol):
                 return
             self.chunkLeft = size
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.closed.callback(None)
 
 
@@ -165,8 +176,7 @@ class BackpressureTests(TestCase):
     A client that reads slower than the upstream sends pauses the upstream.
     """
 
-    @inlineCallbacks
-    def test_slowClientPausesUpstream(self) -> None:
+    async def test_slowClientPausesUpstream(self) -> None:
         """
         While the client reads nothing, the upstream's producer comes to a
         standstill, paused, having sent only a small part of a 128 MiB body;
@@ -175,21 +185,23 @@ class BackpressureTests(TestCase):
         total = 128 * 1024 * 1024
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        client = yield protocol.ClientCreator(reactor, _CountingClient).connectTCP(
-            "127.0.0.1", proxy.port
-        )
+        connecting: Deferred[_CountingClient] = protocol.ClientCreator(
+            reactor, _CountingClient
+        ).connectTCP("127.0.0.1", proxy.port)
+        client = await connecting
         self.addCleanup(_abort, client)
-        client.transport.pauseProducing()
-        client.transport.write(
+        IPushProducer(client.transport).pauseProducing()
+        tcpTransport(client).write(
             b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\n"
             b"x-fake-scenario: big\r\nx-fake-bytes: %d\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n"
             % (total, len(_BODY))
             + _BODY
         )
-        yield waitFor(lambda: upstream.resource.streams)
-        [producer] = upstream.resource.streams
-        yield waitFor(lambda: producer.paused)
+        await waitFor(lambda: upstream.resource.bigBodies)
+        [producer] = upstream.resource.bigBodies
+        await waitFor(lambda: producer.paused)
         # The upstream must come to a standstill, not just pause for a
         # moment: sample until it sent nothing for 0.3 s (socket buffers
         # may take a moment to fill), within a deadline.
@@ -198,14 +210,14 @@ class BackpressureTests(TestCase):
         while producer.sentBytes != previous:
             self.assertLess(reactor.seconds(), deadline, "upstream never stalled")
             previous = producer.sentBytes
-            yield task.deferLater(reactor, 0.3, lambda: None)
+            await task.deferLater(reactor, 0.3)
         self.assertTrue(producer.paused)
         # Only socket buffers fill up (a few MiB on loopback).
         self.assertLess(previous, total // 2, "upstream was not held back")
         self.assertEqual(client.bodyBytes, 0)
 
-        client.transport.resumeProducing()
-        yield client.closed
+        IPushProducer(client.transport).resumeProducing()
+        await client.closed
         self.assertTrue(client.complete)
         self.assertEqual(client.bodyBytes, total)
         self.assertIn(b"HTTP/1.1 200 ", client.head)
@@ -213,7 +225,10 @@ class BackpressureTests(TestCase):
 
 
 def _abort(client: _CountingClient) -> Deferred[None] | None:
+    """
+    Abort C{client}'s connection unless it is closed; wait until it is.
+    """
     if client.closed.called:
         return None
-    client.transport.abortConnection()
+    tcpTransport(client).abortConnection()
     return client.closed

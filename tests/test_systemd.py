@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_systemd -*-
 """
 Running under systemd: the units verify, and the proxy speaks systemd's
 protocols. The tests play systemd themselves: they create the listening
@@ -5,6 +6,9 @@ socket and hand it over at fd 3 with C{LISTEN_FDS}/C{LISTEN_PID}/
 C{LISTEN_FDNAMES}, listen on a C{NOTIFY_SOCKET} datagram socket, and check
 that C{READY=1} arrives only once the port answers and server-info exists,
 that C{STATUS=} names the address, and that SIGTERM brings C{STOPPING=1}.
+
+Integration tests (processes): the tests play systemd, which does not run
+here (the real one is in C{tests.test_realsystemd}).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import re
 import shlex
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -21,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorUNIXDatagram
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
@@ -29,10 +35,12 @@ from twisted.trial.unittest import SkipTest, TestCase
 from responses_proxy import sdnotify
 from tests.support import (
     CANARY_KEY,
+    ProcessResult,
     _Capture,
     childEnvironment,
     makeTestPKI,
     rawExchange,
+    rawRequest,
     readServerInfo,
     scriptPath,
     serverContext,
@@ -54,6 +62,9 @@ EXEC_AS_SYSTEMD = (
 
 
 def readUnit(name: str) -> str:
+    """
+    The text of unit C{name} in contrib/systemd.
+    """
     with open(os.path.join(UNIT_DIRECTORY, name), encoding="utf-8") as f:
         return f.read()
 
@@ -103,54 +114,75 @@ class NotifySocket(DatagramProtocol):
     """
 
     path: str
-    onReady: Callable[[], Any] | None = None
+    onReady: Callable[[], dict[str, Any] | None] | None = None
     messages: list[str] = field(default_factory=list)
-    readyState: Any = None
+    readyState: dict[str, Any] | None = None
 
-    def datagramReceived(self, data: bytes, addr: Any = None) -> None:
+    def datagramReceived(self, data: bytes, addr: object = None) -> None:
         message = data.decode("utf-8")
         self.messages.append(message)
         if "READY=1" in message.split("\n") and self.onReady is not None:
             self.readyState, self.onReady = self.onReady(), None
 
     def seen(self, line: str) -> bool:
+        """
+        Whether some message had C{line} as one of its lines.
+        """
         return any(line in m.split("\n") for m in self.messages)
+
+
+def shortDirectory(testCase: TestCase) -> str:
+    """
+    A fresh directory with a short path, removed after the test: C{AF_UNIX}
+    paths are limited to 108 bytes, which trial's per-test temporary paths
+    can exceed.
+    """
+    directory = tempfile.mkdtemp(prefix="rap-")
+    testCase.addCleanup(shutil.rmtree, directory, True)
+    return directory
 
 
 def shortPath(testCase: TestCase, name: str) -> str:
     """
-    A path in a fresh short directory: C{AF_UNIX} paths are limited to 108
-    bytes, which trial's per-test temporary paths can exceed.
+    A path in a fresh short directory (L{shortDirectory}).
     """
-    directory = tempfile.mkdtemp(prefix="rap-")
-    testCase.addCleanup(shutil.rmtree, directory, True)
-    return os.path.join(directory, name)
+    return os.path.join(shortDirectory(testCase), name)
 
 
-def listenNotify(testCase: TestCase, onReady: Callable[[], Any]) -> NotifySocket:
+def listenNotify(
+    testCase: TestCase, onReady: Callable[[], dict[str, Any] | None]
+) -> NotifySocket:
+    """
+    A L{NotifySocket} listening on a fresh path; closed after the test.
+    """
     path = shortPath(testCase, "notify")
     notify = NotifySocket(path, onReady)
-    port = reactor.listenUNIXDatagram(path, notify)
+    port = IReactorUNIXDatagram(reactor).listenUNIXDatagram(
+        path, notify, maxPacketSize=8192, mode=0o666
+    )
     testCase.addCleanup(port.stopListening)
     return notify
 
 
 def spawnWithListenFDs(
-    testCase: TestCase, argv: list[str], listening: socket.socket | None, env: dict
+    testCase: TestCase,
+    argv: list[str],
+    listening: socket.socket | None,
+    env: dict[str, str],
 ) -> _Capture:
     """
     Start C{argv} the way systemd starts a socket-activated service: the
     listening socket at fd 3 and the C{LISTEN_*} variables describing it.
     """
     capture = _Capture(CANARY_KEY.encode())
-    childFDs: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+    childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
     if listening is not None:
         childFDs[3] = listening.fileno()
         env = {**env, "LISTEN_FDS": "1", "LISTEN_FDNAMES": FD_NAME}
         argv = [sys.executable, "-c", EXEC_AS_SYSTEMD, *argv]
     transport = reactor.spawnProcess(capture, argv[0], argv, env=env, childFDs=childFDs)
 
-    def cleanup() -> Deferred | None:
+    def cleanup() -> Deferred[ProcessResult] | None:
         if capture.ended.called:
             return None
         transport.signalProcess("KILL")
@@ -160,7 +192,14 @@ def spawnWithListenFDs(
     return capture
 
 
-def connects(family: int, address: Any) -> bool:
+# Where a test connects: a Unix socket's path, or an (IPv4) host and port.
+Address = str | tuple[str, int]
+
+
+def connects(family: int, address: Address) -> bool:
+    """
+    Whether a stream socket of C{family} connects to C{address} (in 5 s).
+    """
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.settimeout(5)
         try:
@@ -175,8 +214,7 @@ class UnitFileTests(TestCase):
     The units in contrib/systemd are valid and say what the docs promise.
     """
 
-    @inlineCallbacks
-    def test_systemdAnalyzeVerify(self) -> None:
+    async def test_systemdAnalyzeVerify(self) -> None:
         """
         C{systemd-analyze verify} accepts every unit, rendered with this
         virtualenv's paths (verify checks that executables exist), and
@@ -191,7 +229,7 @@ class UnitFileTests(TestCase):
         for name in names:
             with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
                 f.write(renderUnit(readUnit(name)))
-        out, err, code = yield getProcessOutputAndValue(
+        out, err, code = await getProcessOutputAndValue(
             analyze,
             ["verify", "--man=no", *names],
             env=childEnvironment(SYSTEMD_LOG_COLOR="0"),
@@ -252,18 +290,17 @@ class UnitFileTests(TestCase):
         self.assertIn(("Socket", "FileDescriptorName", FD_NAME), settings)
         self.assertIn(("Socket", "ListenStream", "127.0.0.1:8080"), settings)
 
-    def test_execStartAsSystemdRunsIt(self) -> None:
+    async def test_execStartAsSystemdRunsIt(self) -> None:
         """
         The standalone unit's own C{ExecStart=} (port 0 instead of 8080),
         run with the directories systemd would provide, reads the key from
         the credential file, writes server-info into the runtime directory,
         reports ready, forwards over TLS, and stops on SIGTERM.
         """
-        return runExecStart(self, [])
+        await runExecStart(self, [])
 
 
-@inlineCallbacks
-def runExecStart(testCase: TestCase, prefix: list[str]) -> Any:
+async def runExecStart(testCase: TestCase, prefix: list[str]) -> ProcessResult:
     """
     Run the standalone unit's C{ExecStart=} behind C{prefix} as systemd
     would, against an HTTPS fake upstream, and check the whole life cycle.
@@ -272,9 +309,13 @@ def runExecStart(testCase: TestCase, prefix: list[str]) -> Any:
     upstream = startFakeUpstream(
         testCase, tls=serverContext(pki.serverCert, pki.serverKey)
     )
-    credentials, runtime = testCase.mktemp(), testCase.mktemp()
+    # What systemd makes: the credentials, the runtime directory (short, like
+    # /run/responses-api-proxy: the admin socket lives there) and the state
+    # directory.
+    credentials, state = testCase.mktemp(), testCase.mktemp()
     os.makedirs(credentials)
-    os.makedirs(runtime)
+    os.makedirs(state, mode=0o700)
+    runtime = shortDirectory(testCase)
     with open(os.path.join(credentials, "openai-api-key"), "w") as f:
         f.write(CANARY_KEY + "\n")
     argv = [
@@ -293,26 +334,35 @@ def runExecStart(testCase: TestCase, prefix: list[str]) -> Any:
         NOTIFY_SOCKET=notify.path,
         CREDENTIALS_DIRECTORY=credentials,
         RUNTIME_DIRECTORY=runtime,
+        STATE_DIRECTORY=state,
         CODEX_SECURE_MODE="1",
         SSL_CERT_FILE=pki.caCert,
     )
     capture = _Capture(None)
     transport = reactor.spawnProcess(capture, argv[0], argv, env=env)
-    testCase.addCleanup(lambda: capture.ended.called or transport.signalProcess("KILL"))
-    yield waitFor(lambda: notify.readyState or capture.ended.called, timeout=30)
-    testCase.assertTrue(notify.readyState, capture.err.decode())
-    reply = yield rawExchange(
-        notify.readyState["port"],
-        b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-        b"Connection: close\r\n\r\n{}",
-    )
+
+    def kill() -> Deferred[ProcessResult] | None:
+        if capture.ended.called:
+            return None
+        transport.signalProcess("KILL")
+        return capture.ended
+
+    testCase.addCleanup(kill)
+    await waitFor(lambda: notify.readyState or capture.ended.called, timeout=30)
+    ready = notify.readyState
+    testCase.assertTrue(ready, capture.err.decode())
+    assert ready is not None
+    admin = os.stat(os.path.join(runtime, "admin.sock"))
+    testCase.assertTrue(stat.S_ISSOCK(admin.st_mode))
+    testCase.assertEqual(stat.S_IMODE(admin.st_mode), 0o600)
+    reply = await rawExchange(ready["port"], rawRequest(b"{}"))
     testCase.assertTrue(reply.startswith(b"HTTP/1.1 200 "), reply[:200])
     [seen] = upstream.resource.requests
     testCase.assertEqual(
         seen.header(b"authorization"), [f"Bearer {CANARY_KEY}".encode()]
     )
     transport.signalProcess("TERM")
-    result = yield capture.ended
+    result = await capture.ended
     testCase.assertEqual(result.exitCode, 0, result.stderr.decode())
     testCase.assertTrue(notify.seen("STOPPING=1"))
     testCase.assertIsNone(readServerInfo(serverInfo))
@@ -324,7 +374,8 @@ def runExecStart(testCase: TestCase, prefix: list[str]) -> Any:
 # execs the unit's command: no capabilities (setpriv, before this runs),
 # no_new_privs, LimitMEMLOCK/LimitCORE, and seccomp filters equal to
 # SystemCallFilter=@system-service ~@privileged (EPERM otherwise) and
-# RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX. Needs libseccomp's
+# RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK (netlink: the
+# kernel's socket table, for each caller's uid). Needs libseccomp's
 # Python binding (Debian: python3-seccomp) in the system Python.
 SANDBOX = """
 import os, resource, socket, subprocess, sys
@@ -360,7 +411,7 @@ for name in sorted(allowed - {"socket"}):
         rules.add_rule(seccomp.ALLOW, name)
     except (RuntimeError, ValueError, OSError):
         pass  # not a system call on this architecture
-for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK):
     rules.add_rule(seccomp.ALLOW, "socket", seccomp.Arg(0, seccomp.EQ, family))
 rules.load()  # also sets no_new_privs
 os.execv(sys.argv[1], sys.argv[1:])
@@ -372,8 +423,7 @@ class SandboxTests(TestCase):
     The unit's command under (an approximation of) the unit's sandbox.
     """
 
-    @inlineCallbacks
-    def test_execStartUnderSandbox(self) -> None:
+    async def test_execStartUnderSandbox(self) -> None:
         """
         The sandbox leaves the proxy everything it needs: start, key, mlock
         (C{CODEX_SECURE_MODE=1} makes a failure fatal), TLS upstream,
@@ -382,7 +432,7 @@ class SandboxTests(TestCase):
         setpriv = shutil.which("setpriv")
         if os.getuid() != 0 or setpriv is None or not shutil.which("systemd-analyze"):
             raise SkipTest("needs root, setpriv and systemd-analyze")
-        probe = yield getProcessOutputAndValue(
+        probe = await getProcessOutputAndValue(
             "/usr/bin/python3", ["-c", "import seccomp"], env=childEnvironment()
         )
         if probe[2] != 0:
@@ -398,7 +448,7 @@ class SandboxTests(TestCase):
             "/usr/bin/python3",
             script,
         ]
-        out, err, code = yield getProcessOutputAndValue(
+        out, err, code = await getProcessOutputAndValue(
             prefix[0],
             [
                 *prefix[1:],
@@ -409,15 +459,15 @@ class SandboxTests(TestCase):
                 "assert 'CapEff:\\t0000000000000000' in status, status\n"
                 "assert 'NoNewPrivs:\\t1' in status, status\n"
                 "try:\n"
-                "    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW)\n"
-                "    raise SystemExit('AF_NETLINK allowed')\n"
+                "    socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+                "    raise SystemExit('AF_PACKET allowed')\n"
                 "except PermissionError:\n"
                 "    pass\n",
             ],
             env=childEnvironment(),
         )
         self.assertEqual(code, 0, err.decode())
-        yield runExecStart(self, prefix)
+        await runExecStart(self, prefix)
 
 
 class SocketActivationTests(TestCase):
@@ -428,6 +478,10 @@ class SocketActivationTests(TestCase):
     def twistdArgv(
         self, listen: str, serverInfo: str, upstreamURL: str, console: bool = False
     ) -> list[str]:
+        """
+        The argv of twistd (or, with C{console}, the console script) running
+        the proxy with C{--listen listen}.
+        """
         if console:
             command = [scriptPath("responses-api-proxy")]
         else:
@@ -443,17 +497,16 @@ class SocketActivationTests(TestCase):
             upstreamURL,
         ]
 
-    @inlineCallbacks
-    def checkLifecycle(
+    async def checkLifecycle(
         self,
         listen: str,
         family: int,
-        address: Any,
+        address: Address,
         listening: socket.socket | None,
         expectedPort: int | None,
         status: str,
         console: bool = False,
-    ) -> Any:
+    ) -> list[str]:
         """
         READY=1 after the port answers and server-info exists; STATUS names
         the address; a request is forwarded; SIGTERM sends STOPPING=1,
@@ -477,61 +530,68 @@ class SocketActivationTests(TestCase):
             listening,
             env,
         )
-        yield waitFor(lambda: notify.readyState or capture.ended.called, timeout=30)
-        self.assertTrue(notify.readyState, capture.err.decode() + capture.out.decode())
-        self.assertEqual(notify.readyState["connects"], True)
-        info = notify.readyState["serverInfo"]
+        await waitFor(lambda: notify.readyState or capture.ended.called, timeout=30)
+        ready = notify.readyState
+        self.assertTrue(ready, capture.err.decode() + capture.out.decode())
+        assert ready is not None
+        self.assertEqual(ready["connects"], True)
+        info = ready["serverInfo"]
         self.assertIsNotNone(info, "server-info missing when READY=1 arrived")
         self.assertEqual(info["port"], expectedPort)
-        [ready] = [m for m in notify.messages if "READY=1" in m.split("\n")]
-        self.assertIn(f"STATUS=listening on {status}", ready.split("\n"))
-        self.assertIn(f"MAINPID={info['pid']}", ready.split("\n"))
+        [readyLines] = [
+            m.split("\n") for m in notify.messages if "READY=1" in m.split("\n")
+        ]
+        self.assertIn(f"STATUS=listening on {status}", readyLines)
+        self.assertIn(f"MAINPID={info['pid']}", readyLines)
 
-        reply = yield self.exchange(family, address)
+        reply = await self.exchange(family, address)
         self.assertTrue(reply.startswith(b"HTTP/1.1 200 "), reply[:300])
         self.assertEqual(len(upstream.resource.requests), 1)
 
         capture.transport.signalProcess("TERM")
-        result = yield capture.ended
+        result = await capture.ended
         self.assertEqual(result.exitCode, 0, result.stderr.decode())
         self.assertTrue(notify.seen("STOPPING=1"), notify.messages)
         self.assertIsNone(readServerInfo(serverInfo))
         return notify.messages
 
-    def exchange(self, family: int, address: Any) -> Deferred[bytes]:
-        request = (
-            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-            b"Connection: close\r\n\r\n{}"
-        )
+    async def exchange(self, family: int, address: Address) -> bytes:
+        """
+        Send a request as a client of C{address} does (over a Unix socket,
+        C{curl --unix-socket} says C{Host: localhost}); the raw answer.
+        """
         if family != socket.AF_UNIX:
-            return rawExchange(address[1], request)
+            assert isinstance(address, tuple), address
+            return await rawExchange(address[1], rawRequest(b"{}"))
+        assert isinstance(address, str), address
         from twisted.internet.protocol import ClientCreator
 
         from tests.support import _Collect
 
-        d = ClientCreator(reactor, _Collect).connectUNIX(address)
-
-        def send(proto: _Collect) -> Deferred[bytes]:
-            proto.transport.write(request)
-            return proto.done
-
-        return d.addCallback(send)
+        proto: _Collect = await ClientCreator(reactor, _Collect).connectUNIX(address)
+        assert proto.transport is not None
+        proto.transport.write(rawRequest(b"{}", host=b"localhost"))
+        return await proto.done
 
     def inetSocket(self) -> socket.socket:
+        """
+        A listening loopback TCP socket on an ephemeral port, as systemd
+        would pass it; closed after the test.
+        """
         listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(listening.close)
         listening.bind(("127.0.0.1", 0))
         listening.listen(16)
         return listening
 
-    def test_inheritedInetSocket(self) -> None:
+    async def test_inheritedInetSocket(self) -> None:
         """
         C{--listen systemd:domain=INET:name=...} serves on the socket at
         fd 3, and server-info reports its real port.
         """
         listening = self.inetSocket()
         port = listening.getsockname()[1]
-        return self.checkLifecycle(
+        await self.checkLifecycle(
             f"systemd:domain=INET:name={FD_NAME}",
             socket.AF_INET,
             ("127.0.0.1", port),
@@ -540,13 +600,13 @@ class SocketActivationTests(TestCase):
             f"127.0.0.1:{port}",
         )
 
-    def test_inheritedByConsoleScript(self) -> None:
+    async def test_inheritedByConsoleScript(self) -> None:
         """
         The console script adopts the inherited socket the same way.
         """
         listening = self.inetSocket()
         port = listening.getsockname()[1]
-        return self.checkLifecycle(
+        await self.checkLifecycle(
             f"systemd:domain=INET:name={FD_NAME}",
             socket.AF_INET,
             ("127.0.0.1", port),
@@ -556,8 +616,7 @@ class SocketActivationTests(TestCase):
             console=True,
         )
 
-    @inlineCallbacks
-    def test_noSocketPassed(self) -> None:
+    async def test_noSocketPassed(self) -> None:
         """
         Asked to adopt a socket systemd did not pass, twistd exits 1 with one
         line saying so, never a traceback, and never reports ready.
@@ -573,13 +632,13 @@ class SocketActivationTests(TestCase):
                 None,
                 childEnvironment(NOTIFY_SOCKET=notify.path),
             )
-            result = yield capture.ended
+            result = await capture.ended
             self.assertEqual(result.exitCode, 1)
             self.assertNotIn(b"Traceback", result.stderr)
             self.assertIn(b"systemd passed no such socket", result.stderr)
         self.assertEqual(notify.messages, [])
 
-    def test_inheritedSocketOutlivesProxy(self) -> None:
+    async def test_inheritedSocketOutlivesProxy(self) -> None:
         """
         After the proxy stops, the inherited TCP socket still accepts
         connections (they queue for the next start): the proxy closed its
@@ -587,7 +646,7 @@ class SocketActivationTests(TestCase):
         """
         listening = self.inetSocket()
         port = listening.getsockname()[1]
-        d = self.checkLifecycle(
+        await self.checkLifecycle(
             f"systemd:domain=INET:name={FD_NAME}",
             socket.AF_INET,
             ("127.0.0.1", port),
@@ -595,18 +654,15 @@ class SocketActivationTests(TestCase):
             port,
             f"127.0.0.1:{port}",
         )
-        d.addCallback(
-            lambda _: self.assertTrue(connects(socket.AF_INET, ("127.0.0.1", port)))
-        )
-        return d
+        self.assertTrue(connects(socket.AF_INET, ("127.0.0.1", port)))
 
-    def test_inheritedByIndex(self) -> None:
+    async def test_inheritedByIndex(self) -> None:
         """
         C{index=0} finds the same descriptor as the name.
         """
         listening = self.inetSocket()
         port = listening.getsockname()[1]
-        return self.checkLifecycle(
+        await self.checkLifecycle(
             "systemd:domain=INET:index=0",
             socket.AF_INET,
             ("127.0.0.1", port),
@@ -615,7 +671,7 @@ class SocketActivationTests(TestCase):
             f"127.0.0.1:{port}",
         )
 
-    def test_inheritedUnixSocket(self) -> None:
+    async def test_inheritedUnixSocket(self) -> None:
         """
         An inherited C{AF_UNIX} socket works too; server-info has no port.
         The socket file belongs to systemd: its mode is left as the socket
@@ -628,7 +684,7 @@ class SocketActivationTests(TestCase):
         listening.bind(path)
         os.chmod(path, 0o600)
         listening.listen(16)
-        d = self.checkLifecycle(
+        await self.checkLifecycle(
             f"systemd:domain=UNIX:name={FD_NAME}",
             socket.AF_UNIX,
             path,
@@ -636,38 +692,28 @@ class SocketActivationTests(TestCase):
             None,
             path,
         )
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        self.assertTrue(connects(socket.AF_UNIX, path))
 
-        def stillThere(_: object) -> None:
-            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
-            self.assertTrue(connects(socket.AF_UNIX, path))
-
-        return d.addCallback(stillThere)
-
-    def test_unixEndpoint(self) -> None:
+    async def test_unixEndpoint(self) -> None:
         """
         C{--listen unix:PATH:mode=660} binds the socket itself, with that mode.
         """
         path = shortPath(self, "proxy.sock")
-
-        @inlineCallbacks
-        def run() -> Any:
-            yield self.checkLifecycle(
-                f"unix:{path}:mode=660", socket.AF_UNIX, path, None, None, path
-            )
-
         modes: list[int] = []
         original = connects
 
-        def recordMode(family: int, address: Any) -> bool:
+        def recordMode(family: int, address: Address) -> bool:
             modes.append(os.stat(path).st_mode & 0o777)
             return original(family, address)
 
         self.patch(sys.modules[__name__], "connects", recordMode)
-        d = run()
-        d.addCallback(lambda _: self.assertEqual(modes, [0o660]))
-        return d
+        await self.checkLifecycle(
+            f"unix:{path}:mode=660", socket.AF_UNIX, path, None, None, path
+        )
+        self.assertEqual(modes, [0o660])
 
-    def test_tcpEndpoint(self) -> None:
+    async def test_tcpEndpoint(self) -> None:
         """
         C{--listen tcp:0:interface=127.0.0.1} reports the ephemeral port.
         """
@@ -681,22 +727,17 @@ class SocketActivationTests(TestCase):
             childEnvironment(NOTIFY_SOCKET=notify.path),
         )
 
-        @inlineCallbacks
-        def check() -> Any:
-            yield waitFor(lambda: notify.readyState or capture.ended.called, timeout=30)
-            port = notify.readyState["port"]
-            self.assertTrue(
-                any(
-                    f"STATUS=listening on 127.0.0.1:{port}" in m
-                    for m in notify.messages
-                )
-            )
-            capture.transport.signalProcess("TERM")
-            result = yield capture.ended
-            self.assertEqual(result.exitCode, 0)
-            self.assertTrue(notify.seen("STOPPING=1"))
-
-        return check()
+        await waitFor(lambda: notify.readyState or capture.ended.called, timeout=30)
+        ready = notify.readyState
+        assert ready is not None, capture.err
+        port = ready["port"]
+        self.assertTrue(
+            any(f"STATUS=listening on 127.0.0.1:{port}" in m for m in notify.messages)
+        )
+        capture.transport.signalProcess("TERM")
+        result = await capture.ended
+        self.assertEqual(result.exitCode, 0)
+        self.assertTrue(notify.seen("STOPPING=1"))
 
 
 class NotifyTests(TestCase):
@@ -746,15 +787,14 @@ class MemoryDenyWriteExecuteTests(TestCase):
     Why the units say C{MemoryDenyWriteExecute=no}.
     """
 
-    @inlineCallbacks
-    def test_pyOpenSSLCallbacksNeedWriteExecute(self) -> None:
+    async def test_pyOpenSSLCallbacksNeedWriteExecute(self) -> None:
         """
         Under the kernel's equivalent of C{MemoryDenyWriteExecute=yes}
         (C{PR_SET_MDWE}), pyOpenSSL cannot create the callbacks Twisted sets
         on every TLS connection. If this starts passing, turn it on in the
         units.
         """
-        out, err, code = yield getProcessOutputAndValue(
+        out, err, code = await getProcessOutputAndValue(
             sys.executable, ["-c", MDWE_PROBE], env=childEnvironment()
         )
         if code == 3:

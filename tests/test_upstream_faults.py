@@ -1,29 +1,36 @@
+# -*- test-case-name: tests.test_upstream_faults -*-
 """
 Upstream faults: what the client gets when the upstream cannot be reached,
 cannot be trusted, breaks off, or is slow; and what the upstream sees when
 the client goes away.
+
+Integration tests (loopback).
 """
 
 from __future__ import annotations
 
 import json
 import socket
-from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from tests.fakeupstream import Connections
 from tests.support import (
     CANARY_KEY,
+    RunningUpstream,
     connectRaw,
     makeTestPKI,
     parseRawResponse,
+    serveOnLoopback,
     serverContext,
     startFakeUpstream,
     startProxy,
+    tcpTransport,
     waitFor,
 )
 
@@ -31,31 +38,37 @@ _BODY = b'{"model": "m", "input": "hi", "stream": true}'
 
 
 def _request(*headerLines: bytes) -> bytes:
+    """
+    A streamed C{POST /v1/responses} with C{headerLines}, closing the
+    connection after.
+    """
     return (
-        b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nConnection: close\r\n"
         + b"".join(line + b"\r\n" for line in headerLines)
         + b"Content-Length: %d\r\n\r\n" % len(_BODY)
         + _BODY
     )
 
 
-class _Exchange:
+class _Exchange(TestCase):
     """
     Helpers shared by the fault tests.
     """
 
-    @inlineCallbacks
-    def exchange(self: Any, port: int, *headerLines: bytes, timeout: float = 10) -> Any:
+    async def exchange(
+        self, port: int, *headerLines: bytes, timeout: float = 10
+    ) -> bytes:
         """
         Send one request on a raw socket and wait (with a deadline) until
         the proxy closes the connection; return the raw bytes.
         """
-        conn = yield connectRaw(self, port)
+        conn = await connectRaw(self, port)
         conn.send(_request(*headerLines))
-        yield waitFor(lambda: conn.closed.called, timeout=timeout)
+        await waitFor(lambda: conn.closed.called, timeout=timeout)
         return bytes(conn.data)
 
-    def assertUpstreamError(self: Any, raw: bytes, status: int, code: str) -> None:
+    def assertUpstreamError(self, raw: bytes, status: int, code: str) -> None:
         """
         C{raw} is a complete JSON error answer with C{status} and C{code},
         and mentions neither the key nor C{Bearer}.
@@ -70,13 +83,12 @@ class _Exchange:
         self.assertNotIn(CANARY_KEY.encode(), raw)
 
 
-class UnreachableTests(_Exchange, TestCase):
+class UnreachableTests(_Exchange):
     """
     Failures before any upstream answer become JSON 502/504 answers.
     """
 
-    @inlineCallbacks
-    def test_connectionRefused(self) -> None:
+    async def test_connectionRefused(self) -> None:
         """
         A refused connection is a 502.
         """
@@ -85,20 +97,18 @@ class UnreachableTests(_Exchange, TestCase):
         port = closed.getsockname()[1]
         closed.close()
         proxy = startProxy(self, f"http://127.0.0.1:{port}/v1/responses")
-        raw = yield self.exchange(proxy.port)
+        raw = await self.exchange(proxy.port)
         self.assertUpstreamError(raw, 502, "upstream_refused")
 
-    @inlineCallbacks
-    def test_dnsFailure(self) -> None:
+    async def test_dnsFailure(self) -> None:
         """
         An upstream host name that does not resolve is a 502.
         """
         proxy = startProxy(self, "https://nonexistent.invalid/v1/responses")
-        raw = yield self.exchange(proxy.port, timeout=20)
+        raw = await self.exchange(proxy.port, timeout=20)
         self.assertUpstreamError(raw, 502, "upstream_dns")
 
-    @inlineCallbacks
-    def test_connectTimeout(self) -> None:
+    async def test_connectTimeout(self) -> None:
         """
         An upstream whose SYNs go unanswered is a 504 after
         C{--connect-timeout}: a listening socket with backlog 0 whose
@@ -123,14 +133,14 @@ class UnreachableTests(_Exchange, TestCase):
             "1",
         )
         started = reactor.seconds()
-        raw = yield self.exchange(proxy.port)
+        raw = await self.exchange(proxy.port)
         elapsed = reactor.seconds() - started
         self.assertUpstreamError(raw, 504, "upstream_timeout")
         self.assertGreaterEqual(elapsed, 0.9)
         self.assertLess(elapsed, 5)
 
 
-class TLSVerificationTests(_Exchange, TestCase):
+class TLSVerificationTests(_Exchange):
     """
     An upstream whose certificate does not verify never sees the request
     (and so never sees the key): not one decrypted byte reaches it.
@@ -139,8 +149,9 @@ class TLSVerificationTests(_Exchange, TestCase):
     def setUp(self) -> None:
         self.pki = makeTestPKI(self.mktemp())
 
-    @inlineCallbacks
-    def tryUpstream(self, certificate: str, *args: str) -> Any:
+    async def tryUpstream(
+        self, certificate: str, *args: str
+    ) -> tuple[bytes, RunningUpstream]:
         """
         Serve the fake upstream over TLS with C{certificate}, forward one
         request and return the raw answer and the upstream.
@@ -149,53 +160,49 @@ class TLSVerificationTests(_Exchange, TestCase):
             self, tls=serverContext(certificate, self.pki.serverKey)
         )
         proxy = startProxy(self, upstream.url, *args)
-        raw = yield self.exchange(proxy.port, b"x-fake-scenario: json")
+        raw = await self.exchange(proxy.port, b"x-fake-scenario: json")
         return raw, upstream
 
-    @inlineCallbacks
-    def test_trustedCertificate(self) -> None:
+    async def test_trustedCertificate(self) -> None:
         """
         The control case: a certificate for 127.0.0.1 signed by the CA the
         proxy trusts works.
         """
-        raw, upstream = yield self.tryUpstream(
+        raw, upstream = await self.tryUpstream(
             self.pki.serverCert, "--upstream-ca", self.pki.caCert
         )
         self.assertEqual(parseRawResponse(raw).status, 200, raw)
         self.assertEqual(len(upstream.resource.requests), 1)
         self.assertGreater(upstream.resource.bytesReceived, 0)
 
-    @inlineCallbacks
-    def test_selfSignedAgainstCA(self) -> None:
+    async def test_selfSignedAgainstCA(self) -> None:
         """
         A self-signed certificate, with the proxy trusting only the test
         CA, is a 502 and the upstream records nothing.
         """
-        raw, upstream = yield self.tryUpstream(
+        raw, upstream = await self.tryUpstream(
             self.pki.selfSignedCert, "--upstream-ca", self.pki.caCert
         )
         self.assertUpstreamError(raw, 502, "upstream_tls_error")
         self.assertEqual(upstream.resource.requests, [])
         self.assertEqual(upstream.resource.bytesReceived, 0)
 
-    @inlineCallbacks
-    def test_selfSignedAgainstSystemStore(self) -> None:
+    async def test_selfSignedAgainstSystemStore(self) -> None:
         """
         A self-signed certificate, with the proxy trusting the system
         store, is a 502 and the upstream records nothing.
         """
-        raw, upstream = yield self.tryUpstream(self.pki.selfSignedCert)
+        raw, upstream = await self.tryUpstream(self.pki.selfSignedCert)
         self.assertUpstreamError(raw, 502, "upstream_tls_error")
         self.assertEqual(upstream.resource.requests, [])
         self.assertEqual(upstream.resource.bytesReceived, 0)
 
-    @inlineCallbacks
-    def test_wrongHostName(self) -> None:
+    async def test_wrongHostName(self) -> None:
         """
         A CA-signed certificate for another host name is a 502 and the
         upstream records nothing.
         """
-        raw, upstream = yield self.tryUpstream(
+        raw, upstream = await self.tryUpstream(
             self.pki.wrongHostCert, "--upstream-ca", self.pki.caCert
         )
         self.assertUpstreamError(raw, 502, "upstream_tls_error")
@@ -203,21 +210,20 @@ class TLSVerificationTests(_Exchange, TestCase):
         self.assertEqual(upstream.resource.bytesReceived, 0)
 
 
-class BrokenStreamTests(_Exchange, TestCase):
+class BrokenStreamTests(_Exchange):
     """
     Once the answer has started, an upstream failure aborts the client
     connection, so a truncated body never looks complete.
     """
 
-    @inlineCallbacks
-    def test_upstreamDropsMidStream(self) -> None:
+    async def test_upstreamDropsMidStream(self) -> None:
         """
         The upstream aborts after three events: the client's connection is
         closed at once, and its chunked body lacks the terminating chunk.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        raw = yield self.exchange(
+        raw = await self.exchange(
             proxy.port, b"x-fake-scenario: drop", b"x-fake-interval-ms: 20", timeout=5
         )
         response = parseRawResponse(raw)
@@ -229,15 +235,14 @@ class BrokenStreamTests(_Exchange, TestCase):
         # in its socket buffer may be lost with the reset).
         self.assertIn(response.body.count(b"\n\n"), (1, 2, 3))
 
-    @inlineCallbacks
-    def test_upstreamDropsBeforeAnswer(self) -> None:
+    async def test_upstreamDropsBeforeAnswer(self) -> None:
         """
         An upstream that aborts before sending its status line is a 502:
         nothing was relayed yet, so the client can be told properly.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        raw = yield self.exchange(
+        raw = await self.exchange(
             proxy.port,
             b"x-fake-scenario: drop",
             b"x-fake-events-before-drop: 0",
@@ -252,15 +257,14 @@ class ClientGoneTests(TestCase):
     When the client goes away, the upstream connection is closed promptly.
     """
 
-    @inlineCallbacks
-    def test_clientDisconnectsMidStream(self) -> None:
+    async def test_clientDisconnectsMidStream(self) -> None:
         """
         A client that disconnects after the first event makes the proxy
         close the upstream connection within 1 s, as seen by the upstream.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        conn = yield connectRaw(self, proxy.port)
+        conn = await connectRaw(self, proxy.port)
         conn.send(
             _request(
                 b"x-fake-scenario: sse",
@@ -268,39 +272,39 @@ class ClientGoneTests(TestCase):
                 b"x-fake-interval-ms: 50",
             )
         )
-        yield conn.waitForBytes(b"event: response.created")
+        await conn.waitForBytes(b"event: response.created")
         [stream] = upstream.resource.streams
-        conn.transport.abortConnection()
+        conn.abort()
         gone = reactor.seconds()
-        yield waitFor(lambda: stream.lostAt is not None, timeout=5)
+        await waitFor(lambda: stream.lostAt is not None, timeout=5)
+        assert stream.lostAt is not None
         self.assertLess(stream.lostAt - gone, 1.0)
         self.assertLess(stream.sent, 100)
 
-    @inlineCallbacks
-    def test_clientDisconnectsBeforeHeaders(self) -> None:
+    async def test_clientDisconnectsBeforeHeaders(self) -> None:
         """
         A client that disconnects while the upstream is still silent makes
         the proxy cancel the upstream request within 1 s.
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        conn = yield connectRaw(self, proxy.port)
+        conn = await connectRaw(self, proxy.port)
         conn.send(_request(b"x-fake-scenario: silent", b"x-fake-delay-ms: 10000"))
-        yield waitFor(lambda: upstream.resource.streams)
+        await waitFor(lambda: upstream.resource.streams)
         [stream] = upstream.resource.streams
-        conn.transport.abortConnection()
+        conn.abort()
         gone = reactor.seconds()
-        yield waitFor(lambda: stream.lostAt is not None, timeout=5)
+        await waitFor(lambda: stream.lostAt is not None, timeout=5)
+        assert stream.lostAt is not None
         self.assertLess(stream.lostAt - gone, 1.0)
 
 
-class PooledClientGoneTests(_Exchange, TestCase):
+class PooledClientGoneTests(_Exchange):
     """
     The same, when the upstream connection is a reused (pooled) one.
     """
 
-    @inlineCallbacks
-    def test_clientDisconnectsBeforeHeadersPooled(self) -> None:
+    async def test_clientDisconnectsBeforeHeadersPooled(self) -> None:
         """
         After one exchange left a pooled upstream connection, a client that
         disconnects while the upstream is silent still makes the proxy
@@ -308,30 +312,31 @@ class PooledClientGoneTests(_Exchange, TestCase):
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        conn = yield connectRaw(self, proxy.port)
+        conn = await connectRaw(self, proxy.port)
         conn.send(
-            b"POST /v1/responses HTTP/1.1\r\nx-fake-scenario: json\r\n"
+            b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nx-fake-scenario: json\r\n"
             b"Content-Length: 2\r\n\r\n{}"
         )
-        yield conn.waitForResponse()
+        await conn.waitForResponse()
         self.assertEqual(len(upstream.connections), 1)
         conn.send(_request(b"x-fake-scenario: silent", b"x-fake-delay-ms: 10000"))
-        yield waitFor(lambda: upstream.resource.streams)
+        await waitFor(lambda: upstream.resource.streams)
         self.assertEqual(len(upstream.connections), 1, "connection not reused")
         [stream] = upstream.resource.streams
-        conn.transport.abortConnection()
+        conn.abort()
         gone = reactor.seconds()
-        yield waitFor(lambda: stream.lostAt is not None, timeout=5)
+        await waitFor(lambda: stream.lostAt is not None, timeout=5)
+        assert stream.lostAt is not None
         self.assertLess(stream.lostAt - gone, 1.0)
 
 
-class SlowUpstreamTests(_Exchange, TestCase):
+class SlowUpstreamTests(_Exchange):
     """
     The request timeout bounds the client, never the upstream.
     """
 
-    @inlineCallbacks
-    def test_longSilenceNotCutOff(self) -> None:
+    async def test_longSilenceNotCutOff(self) -> None:
         """
         With C{--request-timeout 1}, an upstream silent for 3 s before its
         first byte, and another silent for 3 s after its headers, both
@@ -339,18 +344,23 @@ class SlowUpstreamTests(_Exchange, TestCase):
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url, "--request-timeout", "1")
-        before = self.exchange(
-            proxy.port, b"x-fake-scenario: silent", b"x-fake-delay-ms: 3000"
+        # Both at once.
+        before = Deferred.fromCoroutine(
+            self.exchange(
+                proxy.port, b"x-fake-scenario: silent", b"x-fake-delay-ms: 3000"
+            )
         )
-        after = self.exchange(
-            proxy.port, b"x-fake-scenario: stall", b"x-fake-delay-ms: 3000"
+        after = Deferred.fromCoroutine(
+            self.exchange(
+                proxy.port, b"x-fake-scenario: stall", b"x-fake-delay-ms: 3000"
+            )
         )
-        raw = yield before
+        raw = await before
         response = parseRawResponse(raw)
         self.assertEqual(response.status, 200, raw)
         self.assertTrue(response.complete)
         self.assertEqual(response.body, b'{"late": true}')
-        raw = yield after
+        raw = await after
         response = parseRawResponse(raw)
         self.assertEqual(response.status, 200, raw)
         self.assertTrue(response.complete)
@@ -362,8 +372,7 @@ class AbortSignalTests(TestCase):
     How the client learns that a relayed body was cut short.
     """
 
-    @inlineCallbacks
-    def test_http10ClientSeesReset(self) -> None:
+    async def test_http10ClientSeesReset(self) -> None:
         """
         An HTTP/1.0 client gets a close-delimited body, where a clean close
         would look complete; when the upstream breaks off, its connection
@@ -371,22 +380,23 @@ class AbortSignalTests(TestCase):
         """
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        conn = yield connectRaw(self, proxy.port)
+        conn = await connectRaw(self, proxy.port)
         conn.send(
-            b"POST /v1/responses HTTP/1.0\r\nx-fake-scenario: drop\r\n"
+            b"POST /v1/responses HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nx-fake-scenario: drop\r\n"
             b"x-fake-interval-ms: 20\r\nContent-Length: 2\r\n\r\n{}"
         )
-        yield waitFor(lambda: conn.closed.called, timeout=5)
+        await waitFor(lambda: conn.closed.called, timeout=5)
+        assert conn.lostReason is not None
         self.assertFalse(conn.lostReason.check(ConnectionDone), conn.lostReason)
 
 
-class InternalErrorTests(_Exchange, TestCase):
+class InternalErrorTests(_Exchange):
     """
     A bug while relaying never leaves the client hanging.
     """
 
-    @inlineCallbacks
-    def test_failureBeforeHeadersIs502(self) -> None:
+    async def test_failureBeforeHeadersIs502(self) -> None:
         """
         If handling the upstream's answer raises before anything was sent
         to the client, the client gets a JSON 502, the error is logged and
@@ -394,13 +404,13 @@ class InternalErrorTests(_Exchange, TestCase):
         """
         from responses_proxy import forward
 
-        def broken(upstream: Any, outgoing: Any) -> None:
+        def broken(upstream: object, outgoing: object) -> None:
             raise RuntimeError("simulated bug")
 
         self.patch(forward, "mirrorResponseHeaders", broken)
         upstream = startFakeUpstream(self)
         proxy = startProxy(self, upstream.url)
-        raw = yield self.exchange(
+        raw = await self.exchange(
             proxy.port,
             b"x-fake-scenario: sse",
             b"x-fake-events: 100",
@@ -412,7 +422,7 @@ class InternalErrorTests(_Exchange, TestCase):
         self.assertEqual(str(logged.value), "simulated bug")
         # The unwanted upstream answer is not left streaming.
         [stream] = upstream.resource.streams
-        yield waitFor(lambda: stream.lostAt is not None, timeout=5)
+        await waitFor(lambda: stream.lostAt is not None, timeout=5)
 
 
 class _CannedUpstream(Protocol):
@@ -420,18 +430,28 @@ class _CannedUpstream(Protocol):
     Answers the first complete request with canned bytes, then closes.
     """
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes, connections: Connections) -> None:
         self.answer = answer
         self.buffer = b""
+        self._connections = connections
+        self._lost: Deferred[None] | None = None
+
+    def connectionMade(self) -> None:
+        self._lost = self._connections.opened(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
         if self.buffer.endswith(_BODY):
-            self.transport.write(self.answer)
-            self.transport.loseConnection()
+            transport = tcpTransport(self)
+            transport.write(self.answer)
+            transport.loseConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._lost is not None:
+            self._lost.callback(None)
 
 
-class RawUpstreamTests(_Exchange, TestCase):
+class RawUpstreamTests(_Exchange):
     """
     Upstream answers twisted.web would never produce.
     """
@@ -440,13 +460,11 @@ class RawUpstreamTests(_Exchange, TestCase):
         """
         Listen on loopback with a L{_CannedUpstream}; return the port.
         """
-        factory = Factory.forProtocol(lambda: _CannedUpstream(answer))
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        return port.getHost().port
+        connections = Connections()
+        factory = Factory.forProtocol(lambda: _CannedUpstream(answer, connections))
+        return serveOnLoopback(self, factory, connections)
 
-    @inlineCallbacks
-    def test_closeDelimitedBody(self) -> None:
+    async def test_closeDelimitedBody(self) -> None:
         """
         An HTTP/1.0 answer whose body ends when the upstream closes is
         relayed complete (the close is its proper end).
@@ -455,14 +473,13 @@ class RawUpstreamTests(_Exchange, TestCase):
             b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it"
         )
         proxy = startProxy(self, f"http://127.0.0.1:{port}/v1/responses")
-        raw = yield self.exchange(proxy.port, timeout=5)
+        raw = await self.exchange(proxy.port, timeout=5)
         response = parseRawResponse(raw)
         self.assertEqual(response.status, 200, raw)
         self.assertTrue(response.complete)
         self.assertEqual(response.body, b"all of it")
 
-    @inlineCallbacks
-    def test_shortContentLength(self) -> None:
+    async def test_shortContentLength(self) -> None:
         """
         An answer that closes before its Content-Length is complete makes
         the proxy reset the client connection: whatever part of the answer
@@ -472,25 +489,24 @@ class RawUpstreamTests(_Exchange, TestCase):
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
         )
         proxy = startProxy(self, f"http://127.0.0.1:{port}/v1/responses")
-        conn = yield connectRaw(self, proxy.port)
+        conn = await connectRaw(self, proxy.port)
         conn.send(_request())
-        yield waitFor(lambda: conn.closed.called, timeout=5)
+        await waitFor(lambda: conn.closed.called, timeout=5)
+        assert conn.lostReason is not None
         self.assertFalse(conn.lostReason.check(ConnectionDone), conn.lostReason)
         if conn.data:
             self.assertFalse(parseRawResponse(bytes(conn.data)).complete)
 
-    @inlineCallbacks
-    def test_garbageAnswer(self) -> None:
+    async def test_garbageAnswer(self) -> None:
         """
         An answer that is not HTTP is a 502.
         """
         port = self.startCanned(b"SSH-2.0-OpenSSH_9.6\r\n")
         proxy = startProxy(self, f"http://127.0.0.1:{port}/v1/responses")
-        raw = yield self.exchange(proxy.port, timeout=5)
+        raw = await self.exchange(proxy.port, timeout=5)
         self.assertUpstreamError(raw, 502, "upstream_unavailable")
 
-    @inlineCallbacks
-    def test_statusLineMirrored(self) -> None:
+    async def test_statusLineMirrored(self) -> None:
         """
         An unusual status and reason phrase reach the client as sent.
         """
@@ -498,18 +514,17 @@ class RawUpstreamTests(_Exchange, TestCase):
             b"HTTP/1.1 299 Quite Fine\r\nContent-Length: 2\r\n\r\nok"
         )
         proxy = startProxy(self, f"http://127.0.0.1:{port}/v1/responses")
-        raw = yield self.exchange(proxy.port, timeout=5)
+        raw = await self.exchange(proxy.port, timeout=5)
         self.assertTrue(raw.startswith(b"HTTP/1.1 299 Quite Fine\r\n"), raw)
         self.assertEqual(parseRawResponse(raw).body, b"ok")
 
-    @inlineCallbacks
-    def test_noContent(self) -> None:
+    async def test_noContent(self) -> None:
         """
         A 204 without a body is relayed as a 204 without a body.
         """
         port = self.startCanned(b"HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n")
         proxy = startProxy(self, f"http://127.0.0.1:{port}/v1/responses")
-        raw = yield self.exchange(proxy.port, timeout=5)
+        raw = await self.exchange(proxy.port, timeout=5)
         head, _, body = raw.partition(b"\r\n\r\n")
         self.assertTrue(head.startswith(b"HTTP/1.1 204 "), raw)
         self.assertIn(b"X-A: b", head)
