@@ -63,6 +63,8 @@ _NOWHERE = UpstreamTarget.fromString("http://127.0.0.1:9/v1/responses")
 
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _log = Logger()
+# How long a refused client may go on sending before it is cut off.
+LINGER_SECONDS = 5.0
 
 # Re-exported for the tests that name the limits.
 __all__ = [
@@ -187,6 +189,7 @@ class ProxyChannel(http.HTTPChannel):
     _method = b""
     _target = b""
     _chunkSizes: ChunkSizes | None = None
+    _linger: IDelayedCall | None = None
 
     def getHost(self) -> IAddress:
         # Every Request asks; one getsockname(2) per connection is enough.
@@ -302,6 +305,8 @@ class ProxyChannel(http.HTTPChannel):
             self._startDeadline()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
         self._cancelDeadline()
         self._cancelStalled()
         super().connectionLost(reason)
@@ -421,13 +426,29 @@ class ProxyChannel(http.HTTPChannel):
     def refuseRequest(self, response: bytes) -> None:
         """
         Answer C{response} while the request is still being read, and close.
+
+        The close lingers, as nginx's does: the answer is followed by a FIN
+        while what the client still sends (a body it had started) is read
+        and dropped, for up to L{LINGER_SECONDS}. Closing at once, with
+        unread bytes, would make the kernel reset the connection, and a
+        client still writing its body would see the reset instead of the
+        answer.
         """
         if self._refused:
             return
         self._refused = True
         self._cancelDeadline()
-        self.transport.write(response)  # type: ignore[union-attr]
-        self.loseConnection()
+        transport: Any = self.transport
+        transport.write(response)
+        if not callable(getattr(transport, "loseWriteConnection", None)):
+            self.loseConnection()
+            return
+        # The channel is the transport's producer; no more of that, and
+        # reading goes on (to drop what arrives) even if it was paused.
+        transport.unregisterProducer()
+        transport.resumeProducing()
+        transport.loseWriteConnection()
+        self._linger = self.callLater(LINGER_SECONDS, self._abort)
 
 
 class ProxySite(server.Site):

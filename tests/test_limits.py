@@ -172,6 +172,36 @@ class BodyLimitTests(TestCase):
         self.assertTooLarge(data, 1000000)
         self.assertEqual(upstream.resource.requests, [])
 
+    async def test_refusedHeadWhileSendingBody(self) -> None:
+        """
+        A request refused on its head (a browser's, here) whose client goes
+        on sending its body before reading still gets the refusal: the
+        proxy half-closes and drops what follows (a lingering close)
+        instead of resetting the connection under the client.
+        """
+        upstream = startFakeUpstream(self)
+        proxy = startProxy(self, upstream.url)
+        size = 4 << 20
+        for _ in range(3):
+            data, sent = await threads.deferToThread(
+                _sendBodyThenRead,
+                proxy.port,
+                _HEAD
+                + b"Origin: http://127.0.0.2\r\n"
+                + b"Content-Length: %d\r\n\r\n" % size,
+                64,
+                b"z" * (size // 64),
+                False,
+            )
+            response = parseResponse(data)
+            assert response is not None, data
+            self.assertEqual(response.status, 403)
+            self.assertEqual(
+                json.loads(response.body)["error"]["code"], "browser_request"
+            )
+            self.assertEqual(sent, size)
+        self.assertEqual(upstream.resource.requests, [])
+
     async def test_bodyAtLimitForwarded(self) -> None:
         """
         A body of exactly the limit, announced or chunked, is forwarded whole.
