@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_upstreamconn,tests.test_upstream_tls,tests.test_egress -*-
+# -*- test-case-name: tests.test_upstreamconn,tests.test_egress -*-
 """
 The HTTP client that reaches the upstream.
 

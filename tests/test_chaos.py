@@ -23,6 +23,7 @@ import random
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import (
@@ -218,7 +219,14 @@ class ChaosUpstreamProtocol(protocol.Protocol):
                 call.cancel()
 
 
-class ChaosUpstreamFactory(protocol.ServerFactory[ChaosUpstreamProtocol]):
+if TYPE_CHECKING:
+    _ServerFactory = protocol.ServerFactory[ChaosUpstreamProtocol]
+else:
+    # Twisted's factories are generic only from 26.4 on.
+    _ServerFactory = protocol.ServerFactory
+
+
+class ChaosUpstreamFactory(_ServerFactory):
     """
     Builds L{ChaosUpstreamProtocol}s and remembers them.
     """
