@@ -29,6 +29,7 @@ from responses_proxy.startup import StartupError
 
 MAX_KEY_LENGTH = 1016
 _KEY_PATTERN = re.compile(rb"[A-Za-z0-9_-]+")
+MAX_REQUEST_TOKEN_LENGTH = 16384
 _PREFIX = b"Bearer "
 _log = Logger()
 
@@ -182,11 +183,46 @@ def _readAll(fd: int, buffer: bytearray) -> int:
     return filled
 
 
-def _keyLength(raw: bytearray, filled: int) -> int:
+@dataclass(frozen=True)
+class SecretFormat:
     """
-    The key's length once one trailing C{\\n} or C{\\r\\n} is left out
-    (compared byte by byte: slicing would make another copy of the key).
+    What a secret read from standard input must look like.
+
+    @ivar what: its name in messages (which never show the secret).
+    @ivar firstLineOnly: only the first line counts (what follows it is
+        ignored), as the reference reads a GitHub request token.
     """
+
+    what: str
+    maxLength: int
+    pattern: re.Pattern[bytes]
+    alphabet: str
+    firstLineOnly: bool = False
+
+
+API_KEY = SecretFormat(
+    "API key", MAX_KEY_LENGTH, _KEY_PATTERN, "A-Z, a-z, 0-9, '_' and '-'"
+)
+REQUEST_TOKEN = SecretFormat(
+    "GitHub OIDC request token",
+    MAX_REQUEST_TOKEN_LENGTH,
+    re.compile(rb"[A-Za-z0-9._~+/=-]+"),
+    "A-Z, a-z, 0-9 and '-._~+/='",
+    firstLineOnly=True,
+)
+
+
+def _keyLength(raw: bytearray, filled: int, format: SecretFormat = API_KEY) -> int:
+    """
+    The secret's length once one trailing C{\\n} or C{\\r\\n} is left out
+    (compared byte by byte: slicing would make another copy of it); for a
+    first-line-only secret, the length of its first line.
+    """
+    if format.firstLineOnly:
+        newline = raw.find(b"\n", 0, filled)
+        if newline < 0:
+            return filled
+        filled = newline + 1
     if filled >= 1 and raw[filled - 1] == 0x0A:
         if filled >= 2 and raw[filled - 2] == 0x0D:
             return filled - 2
@@ -194,17 +230,18 @@ def _keyLength(raw: bytearray, filled: int) -> int:
     return filled
 
 
-def _validate(key: memoryview) -> None:
+def _validate(key: memoryview, format: SecretFormat = API_KEY) -> None:
+    what = format.what
     if not len(key):
-        raise InvalidKey("no API key on standard input (it was empty)")
-    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(f"no {what} on standard input (it was empty)")
+    if len(key) > format.maxLength:
         raise InvalidKey(
-            f"the API key on standard input is longer than {MAX_KEY_LENGTH} characters"
+            f"the {what} on standard input is longer than {format.maxLength} characters"
         )
-    if _KEY_PATTERN.fullmatch(key) is None:
+    if format.pattern.fullmatch(key) is None:
         raise InvalidKey(
-            "the API key on standard input contains characters other than "
-            "A-Z, a-z, 0-9, '_' and '-'"
+            f"the {what} on standard input contains characters other than "
+            f"{format.alphabet}"
         )
 
 
@@ -213,9 +250,11 @@ def readAuthHeader(
     *,
     requireLock: bool = False,
     prompt: Callable[[], object] | None = None,
+    format: SecretFormat = API_KEY,
 ) -> AuthHeader:
     """
-    Read the key from C{fd} and build the locked C{Bearer <key>} header value.
+    Read the key (or another bearer secret of C{format}) from C{fd} and
+    build the locked C{Bearer <secret>} header value.
 
     When C{fd} is a terminal, echo is turned off while reading and then
     C{prompt} (if given) is called to tell the person at it what to do.
@@ -227,7 +266,7 @@ def readAuthHeader(
     """
     checkReadable(fd)
     # Room for the longest key, its CR LF, and one byte to detect "longer".
-    raw = bytearray(MAX_KEY_LENGTH + 3)
+    raw = bytearray(format.maxLength + 3)
     scratch = bytearray()
     try:
         if os.isatty(fd):
@@ -237,9 +276,9 @@ def readAuthHeader(
                 filled = _readAll(fd, raw)
         else:
             filled = _readAll(fd, raw)
-        length = _keyLength(raw, filled)
+        length = _keyLength(raw, filled, format)
         with memoryview(raw) as view:
-            _validate(view[:length])
+            _validate(view[:length], format)
             scratch = bytearray(len(_PREFIX) + length)
             scratch[: len(_PREFIX)] = _PREFIX
             scratch[len(_PREFIX) :] = view[:length]
@@ -253,7 +292,9 @@ def readAuthHeader(
         if requireLock:
             header.wipe()
             raise
-        _log.warn("Could not mlock the API key buffer: {error}", error=str(e))
+        _log.warn(
+            "Could not mlock the {what} buffer: {error}", what=format.what, error=str(e)
+        )
     return header
 
 
@@ -266,9 +307,10 @@ def _terminalPrompt() -> None:
     stream.flush()
 
 
-def loadKey(stdinFD: int) -> AuthHeader:
+def loadKey(stdinFD: int, format: SecretFormat = API_KEY) -> AuthHeader:
     """
-    Harden the process, then read the key from C{stdinFD}.
+    Harden the process, then read the key (or a request token: C{format})
+    from C{stdinFD}.
 
     @raise StartupError: hardening failed in secure mode, or the key is
         missing, malformed or cannot be locked in secure mode.
@@ -276,12 +318,14 @@ def loadKey(stdinFD: int) -> AuthHeader:
     secure = secureModeRequested()
     try:
         harden(secure)
-        return readAuthHeader(stdinFD, requireLock=secure, prompt=_terminalPrompt)
+        return readAuthHeader(
+            stdinFD, requireLock=secure, prompt=_terminalPrompt, format=format
+        )
     except HardeningFailed as e:
         raise StartupError(f"{e} (CODEX_SECURE_MODE=1 makes this fatal)") from None
     except InvalidKey as e:
         raise StartupError(str(e)) from None
     except OSError as e:
         raise StartupError(
-            f"cannot read or lock the API key: {e.strerror or e}"
+            f"cannot read or lock the {format.what}: {e.strerror or e}"
         ) from None

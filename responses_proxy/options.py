@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import sys
+from urllib.parse import urlsplit
 
 from twisted.python import usage
 
@@ -20,6 +21,7 @@ from responses_proxy.defaults import (
     DEFAULT_MAX_REQUEST_BODY,
     DEFAULT_REQUEST_TIMEOUT,
 )
+from responses_proxy.oidcurls import DEFAULT_TOKEN_URL, BadRequestURL, checkRequestURL
 from responses_proxy.routes import BadAllowedPath, checkAllowedPath
 from responses_proxy.target import DEFAULT_UPSTREAM_URL, BadUpstreamURL, UpstreamTarget
 
@@ -62,6 +64,12 @@ def _nonNegative(name: str, kind: type) -> object:
 
 _INTERNET_ENDPOINTS = ("tcp", "tcp6", "ssl")
 _LIMITS = ("max-concurrent-per-user", "max-tokens-per-day", "max-tokens-per-day-total")
+_WORKLOAD_IDENTITY = (
+    "oidc-audience",
+    "identity-provider-id",
+    "service-account-id",
+    "github-oidc-request-url",
+)
 _HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
 
 
@@ -111,6 +119,14 @@ class ProxyOptions(usage.Options):
 
     optFlags = [
         ["http-shutdown", None, "Enable GET /shutdown to stop the proxy (exit 0)."],
+        [
+            "github-oidc",
+            None,
+            "Authenticate to OpenAI with GitHub Actions workload identity: "
+            "standard input supplies the job's OIDC request token "
+            "(ACTIONS_ID_TOKEN_REQUEST_TOKEN), not an API key. Needs the four "
+            "options below.",
+        ],
     ]
 
     optParameters = [
@@ -219,6 +235,41 @@ class ProxyOptions(usage.Options):
             "/healthz and /usage to the proxy's user and root.",
         ],
         [
+            "oidc-audience",
+            None,
+            None,
+            "With --github-oidc: the audience configured on the OpenAI "
+            "workload identity provider.",
+        ],
+        [
+            "identity-provider-id",
+            None,
+            None,
+            "With --github-oidc: the OpenAI workload identity provider ID.",
+        ],
+        [
+            "service-account-id",
+            None,
+            None,
+            "With --github-oidc: the OpenAI service account ID the provider "
+            "maps the job to.",
+        ],
+        [
+            "github-oidc-request-url",
+            None,
+            None,
+            "With --github-oidc: the HTTPS token-request URL, straight from the "
+            "runner's ACTIONS_ID_TOKEN_REQUEST_URL (never from a workflow input "
+            "or repository content: the request token is sent to it).",
+        ],
+        [
+            "oidc-token-url",
+            None,
+            DEFAULT_TOKEN_URL,
+            "With --github-oidc: OpenAI's token-exchange endpoint (for tests "
+            "and staging).",
+        ],
+        [
             "drain-timeout",
             None,
             DEFAULT_DRAIN_TIMEOUT,
@@ -310,11 +361,34 @@ class ProxyOptions(usage.Options):
                 raise usage.UsageError(
                     f"--{limit} needs --state-dir (limits are kept in the usage ledger)"
                 )
+        self._checkWorkloadIdentity()
         socketPath = self["admin-socket"]
         if socketPath is not None and (not socketPath or ":" in socketPath):
             raise usage.UsageError(
                 "--admin-socket takes a Unix socket path (never TCP), "
                 f"not {socketPath!r}"
+            )
+
+    def _checkWorkloadIdentity(self) -> None:
+        names = _WORKLOAD_IDENTITY
+        given = [name for name in names if self[name] is not None]
+        if not self["github-oidc"]:
+            if given:
+                raise usage.UsageError(f"--{given[0]} needs --github-oidc")
+            if self["oidc-token-url"] != DEFAULT_TOKEN_URL:
+                raise usage.UsageError("--oidc-token-url needs --github-oidc")
+            return
+        for name in names:
+            if self[name] is None or not self[name].strip():
+                raise usage.UsageError(f"--github-oidc needs a nonempty --{name}")
+        try:
+            checkRequestURL(self["github-oidc-request-url"])
+        except BadRequestURL as e:
+            raise usage.UsageError(f"--github-oidc-request-url: {e}") from None
+        token = self["oidc-token-url"]
+        if urlsplit(token).scheme != "https" or not urlsplit(token).hostname:
+            raise usage.UsageError(
+                f"--oidc-token-url must be an https URL, not {token!r}"
             )
 
     def listenDescription(self) -> tuple[str, str]:

@@ -11,15 +11,17 @@ Hardening runs first, before the key is in memory.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet.threads import deferToThread
 
 from responses_proxy.activation import serverEndpoint
 from responses_proxy.admin import AdminResource, AdminService
 from responses_proxy.admission import Admission, ExchangeCheck, HeadCheck
-from responses_proxy.apikey import loadKey
+from responses_proxy.apikey import REQUEST_TOKEN, loadKey
 from responses_proxy.browsers import refuseBrowsers, requireJSON
 from responses_proxy.callers import (
     CallerIdentity,
@@ -35,6 +37,11 @@ from responses_proxy.ledger import Ledger, ledgerFor
 from responses_proxy.lifecycle import ProcessService, reportStartupFailure, stopOnce
 from responses_proxy.limits import Limits
 from responses_proxy.metrics import Metrics
+from responses_proxy.oidc import (
+    WorkloadIdentity,
+    WorkloadIdentityError,
+    fetchAccessToken,
+)
 from responses_proxy.options import ProxyOptions
 from responses_proxy.policy import ModelPolicy
 from responses_proxy.record import Exchanges
@@ -47,6 +54,7 @@ from responses_proxy.service import (
 )
 from responses_proxy.site import ProxySite
 from responses_proxy.startup import StartupError
+from responses_proxy.tokens import RenewingCredential
 from responses_proxy.upgrades import WebSocketRefusal
 from responses_proxy.upstream import upstreamClientFor
 from responses_proxy.usage import watchUsage
@@ -111,12 +119,14 @@ def makeService(
     @raise StartupError: (bare service) something the options name is unusable.
     """
     if reactor is not None:
-        credential = credential if credential is not None else loadKey(stdinFD)
+        if credential is None:
+            credential = credentialFor(config, reactor, stdinFD, environ)
         return _compose(config, reactor, credential, environ, stop)
     from twisted.internet import reactor as globalReactor
 
     try:
-        credential = credential if credential is not None else loadKey(stdinFD)
+        if credential is None:
+            credential = credentialFor(config, globalReactor, stdinFD, environ)
         proxy = _compose(config, globalReactor, credential, environ, stop)
     except StartupError as e:
         raise reportStartupFailure(str(e)) from None
@@ -125,6 +135,46 @@ def makeService(
     )
     proxy.setServiceParent(process)
     return process
+
+
+def credentialFor(
+    config: ProxyOptions,
+    reactor: Any,
+    stdinFD: int,
+    environ: Mapping[str, str] | None,
+) -> Credential:
+    """
+    The key from standard input; or, with C{--github-oidc}, the request
+    token from standard input and a first access token for it, obtained now,
+    before anything listens.
+
+    @raise StartupError: the key or token is unusable, or no access token
+        could be had.
+    """
+    if not config["github-oidc"]:
+        return loadKey(stdinFD)
+    requestToken = loadKey(stdinFD, REQUEST_TOKEN)
+    identity = WorkloadIdentity(
+        requestURL=config["github-oidc-request-url"],
+        audience=config["oidc-audience"],
+        identityProviderID=config["identity-provider-id"],
+        serviceAccountID=config["service-account-id"],
+        tokenURL=config["oidc-token-url"],
+        caFile=config["upstream-ca"] or (environ or os.environ).get("SSL_CERT_FILE"),
+        environ=os.environ if environ is None else environ,
+    )
+    try:
+        first = fetchAccessToken(identity, requestToken.value)
+    except WorkloadIdentityError as e:
+        requestToken.wipe()
+        raise StartupError(str(e)) from None
+    return RenewingCredential(
+        reactor,
+        first,
+        lambda: deferToThread(fetchAccessToken, identity, requestToken.value),
+        requestToken,
+        requireLock=requestToken.requireLock,
+    )
 
 
 def _compose(
@@ -170,6 +220,9 @@ def _compose(
     if ledger is not None and closeLedger is not None:
         ClosingService(closeLedger, ledger.start).setServiceParent(proxy)
     ClosingService(upstream.close).setServiceParent(proxy)
+    if isinstance(credential, RenewingCredential):
+        exchanges.listeners.insert(0, credential.exchangeEnded)
+        ClosingService(credential.stop).setServiceParent(proxy)
     if config["admin-socket"]:
         metrics = Metrics(exchanges, reactor)
         exchanges.listeners.insert(-1, metrics.exchangeEnded)
