@@ -282,6 +282,11 @@ class ProxyOptions(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        # The opt_* methods' docstrings are their help; without their
+        # indentation, --help wraps them as the other options'.
+        self.docs = {
+            name: " ".join((doc or "").split()) for name, doc in self.docs.items()
+        }
         self["allow-host"] = []
         self["allow-user"] = []
         self["allow-group"] = []

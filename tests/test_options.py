@@ -27,6 +27,7 @@ from responses_proxy.defaults import (
     DEFAULT_MAX_REQUEST_BODY,
     DEFAULT_REQUEST_TIMEOUT,
 )
+from responses_proxy.oidcurls import DEFAULT_TOKEN_URL
 from responses_proxy.options import ProxyOptions, checkLoopbackListen
 from responses_proxy.target import DEFAULT_UPSTREAM_URL, UpstreamTarget
 
@@ -53,6 +54,7 @@ class DefaultsTests(SynchronousTestCase):
             dict(parse()),
             {
                 "http-shutdown": 0,
+                "github-oidc": 0,
                 "port": None,
                 "listen": None,
                 "server-info": None,
@@ -73,6 +75,11 @@ class DefaultsTests(SynchronousTestCase):
                 "allow-group": [],
                 "allow-path": [],
                 "allow-model": [],
+                "oidc-audience": None,
+                "identity-provider-id": None,
+                "service-account-id": None,
+                "github-oidc-request-url": None,
+                "oidc-token-url": DEFAULT_TOKEN_URL,
                 "upstream": UpstreamTarget.fromString(DEFAULT_UPSTREAM_URL),
             },
         )
@@ -152,6 +159,7 @@ class FlagTests(SynchronousTestCase):
             {key: config[key] for key in config if key != "upstream"},
             {
                 "http-shutdown": 1,
+                "github-oidc": 0,
                 "port": 8080,
                 "listen": None,
                 "server-info": "/run/info.json",
@@ -172,6 +180,11 @@ class FlagTests(SynchronousTestCase):
                 "allow-group": [],
                 "allow-path": [],
                 "allow-model": [],
+                "oidc-audience": None,
+                "identity-provider-id": None,
+                "service-account-id": None,
+                "github-oidc-request-url": None,
+                "oidc-token-url": DEFAULT_TOKEN_URL,
             },
         )
         self.assertEqual(
@@ -239,10 +252,37 @@ class FlagTests(SynchronousTestCase):
             "--request-timeout=",
             "--connect-timeout=",
             "--drain-timeout=",
+            "--state-dir=",
+            "--max-concurrent-per-user=",
+            "--max-tokens-per-day=",
+            "--max-tokens-per-day-total=",
+            "--admin-socket=",
+            "--allow-host=",
+            "--allow-user=",
+            "--allow-group=",
+            "--allow-path=",
+            "--allow-model=",
+            "--github-oidc",
+            "--oidc-audience=",
+            "--identity-provider-id=",
+            "--service-account-id=",
+            "--github-oidc-request-url=",
+            "--oidc-token-url=",
             "--version",
         ):
             self.assertIn(flag, text)
         self.assertIn("Reads the API key from standard input", text)
+
+    def test_helpWrapsMethodFlags(self) -> None:
+        """
+        The repeatable flags' help comes from their C{opt_*} docstrings; it is
+        wrapped like the rest, not printed with the docstrings' indentation.
+        """
+        lines = str(ProxyOptions()).splitlines()
+        start = next(i for i, line in enumerate(lines) if "--allow-user=" in line)
+        helpColumn = lines[start].index("Let only")
+        for line in lines[start : start + 4]:
+            self.assertNotIn("  ", line[helpColumn:])
 
     def test_version(self) -> None:
         """
