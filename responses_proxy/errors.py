@@ -27,7 +27,8 @@ def respondWithError(
     Set the status and JSON headers on C{request} and return the body to render.
     """
     body = errorBody(message, type, code)
-    request.setResponseCode(status)
+    # Twisted has no reason phrase for some codes (429: "Unknown Status").
+    request.setResponseCode(status, HTTPStatus(status).phrase.encode("ascii"))
     request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
     request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
     request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])

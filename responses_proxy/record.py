@@ -40,11 +40,7 @@ EXCHANGE_FIELDS = (
     "total_tokens",
 )
 
-EXCHANGE_FORMAT = (
-    "{method} {path} -> {status} ({outcome}, upstream {upstream_status}, "
-    "{bytes_in} B in, {bytes_out} B out, {duration_ms:.1f} ms, "
-    "x-request-id {request_id}, caller {caller}, {tokens})"
-)
+EXCHANGE_FORMAT = "{method} {path} -> {status} ({summary})"
 
 _log = Logger(namespace="responses_proxy.exchange")
 
@@ -184,14 +180,31 @@ def _tokensText(record: ExchangeRecord) -> str:
     )
 
 
+def _summaryText(record: ExchangeRecord) -> str:
+    """
+    The text log line's details: how it ended (with the proxy's own error
+    code, if it answered itself), the upstream's part, sizes, time, caller
+    and tokens. What is unknown is C{-}, never C{None}.
+    """
+    outcome = record.outcome
+    if record.code is not None:
+        outcome = f"{outcome} {record.code}"
+    upstream = "-" if record.upstreamStatus is None else record.upstreamStatus
+    return (
+        f"{outcome}, upstream {upstream}, {record.bytesIn} B in, "
+        f"{record.bytesOut} B out, {record.durationMS:.1f} ms, "
+        f"x-request-id {record.requestID or '-'}, "
+        f"caller {record.caller.describe()}, {_tokensText(record)}"
+    )
+
+
 def logExchange(record: ExchangeRecord) -> None:
     """
     Emit the one log event of a finished exchange.
     """
     _log.info(
         EXCHANGE_FORMAT,
-        caller=record.caller.describe(),
-        tokens=_tokensText(record),
+        summary=_summaryText(record),
         exchange=True,
         **record.logFields(),
     )

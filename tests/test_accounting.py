@@ -196,7 +196,7 @@ class ConcurrencyTests(TestCase):
             proxy.url, json={"model": "gpt-test"}, persistent=False
         )
         body = json.loads(await treq.content(response))
-        self.assertEqual(response.code, 429)
+        self.assertEqual((response.code, response.phrase), (429, b"Too Many Requests"))
         self.assertEqual(body["error"]["code"], "rate_limit_exceeded")
         self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
         stream: Any = upstream.resource.streams[0]

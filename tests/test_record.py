@@ -165,6 +165,29 @@ class LogExchangeTests(SynchronousTestCase):
         self.assertTrue(texts[1].endswith(", no usage)"), texts[1])
         self.assertIn("caller unknown (not identified)", texts[1])
 
+    def test_refusalText(self) -> None:
+        """
+        A request the proxy answered itself shows its error code after the
+        outcome, and C{-} for the upstream's status and request id it never
+        had (not C{None}).
+        """
+        refused = ExchangeRecord(
+            "POST",
+            "/v1/responses",
+            caller=ALICE,
+            status=403,
+            outcome="rejected",
+            code="caller_not_allowed",
+        )
+        with capturedLogs() as events:
+            logExchange(refused)
+        self.assertEqual(
+            formatEvent(events[0]),
+            "POST /v1/responses -> 403 (rejected caller_not_allowed, upstream -, "
+            "0 B in, 0 B out, 0.0 ms, x-request-id -, caller alice (uid 1000), "
+            "no usage)",
+        )
+
 
 class CallerTests(SynchronousTestCase):
     """
