@@ -198,11 +198,14 @@ def buildWheels(directory: str, pythonVersion: str = "3.11") -> str:
 # The README --------------------------------------------------------------------
 
 
-def readmeShellBlocks(heading: str, readme: str | None = None) -> list[str]:
+def readmeShellBlocks(
+    heading: str, readme: str | None = None, language: str = "shell"
+) -> list[str]:
     """
-    The C{```shell} blocks under the README heading C{heading} (a whole
-    heading line, e.g. C{"### Rotating the key"}), up to the next heading of
-    the same or a higher level, in order.
+    The C{```shell} blocks (or those of another C{language}) under the
+    README heading C{heading} (a whole heading line, e.g. C{"### Rotating
+    the key"}), up to the next heading of the same or a higher level, in
+    order.
     """
     if readme is None:
         with open(os.path.join(CHECKOUT, "README.md"), encoding="utf-8") as f:
@@ -220,12 +223,12 @@ def readmeShellBlocks(heading: str, readme: str | None = None) -> list[str]:
                 block = None
             else:
                 block.append(line)
-        elif line == "```shell":
+        elif line == "```" + language:
             block = []
         elif (match := re.match(r"(#+) ", line)) and len(match.group(1)) <= level:
             break
     if not blocks:
-        raise AssertionError(f"README section {heading!r} has no shell block")
+        raise AssertionError(f"README section {heading!r} has no {language} block")
     return blocks
 
 

@@ -599,12 +599,15 @@ class RealSystemdTestCase(TestCase):
 
     # Clients
 
-    async def post(self, *headers: str, timeout: float = 30.0) -> tuple[int, str]:
+    async def post(
+        self, *headers: str, timeout: float = 30.0, user: str | None = None
+    ) -> tuple[int, str]:
         """
         POST a small Responses request to the proxy from inside the
-        container: the status and the body.
+        container (as root, or as C{user}): the status and the body.
         """
-        argv = ["curl", "-sS", "--max-time", str(timeout), "-w", "\n%{http_code}"]
+        argv = [] if user is None else ["runuser", "-u", user, "--"]
+        argv += ["curl", "-sS", "--max-time", str(timeout), "-w", "\n%{http_code}"]
         for header in ["Content-Type: application/json", *headers]:
             argv += ["-H", header]
         argv += ["--data-binary", '{"model": "test", "input": "hi", "stream": true}']
@@ -1311,16 +1314,19 @@ class AccountingTests(RealSystemdTestCase):
     async def test_usageSurvivesRestart(self) -> None:
         """
         Exchanges before and after a restart are in the ledger, which root
-        reads with C{responses-api-proxy usage} as the README says; its
+        reads with the README's C{responses-api-proxy usage} command; its
         directory is 0700 and its file 0600, owned by the dynamic user.
         """
         self.assertEqual((await self.post())[0], 200)
         await self.container.run(["systemctl", "restart", SERVICE])
         self.assertEqual((await self.post())[0], 200)
-        binary = "/opt/responses-api-proxy/bin/responses-api-proxy"
-        shown = await self.container.run(
-            [binary, "usage", "--state-dir", STATE_DIRECTORY, "--json", "--by", "model"]
-        )
+        [block] = readmeShellBlocks("### Usage ledger")
+        [(command, [header])] = expectations(block)
+        table = await self.container.sh(command)
+        artefact("usage-by-model.txt", table.out)
+        self.assertRegex(table.out.splitlines()[0], expectedPattern(header))
+        self.assertRegex(table.out, r"(?m)^test +2 ")
+        shown = await self.container.sh(command + " --json")
         [row] = json.loads(shown.out)["rows"]
         self.assertEqual(
             (row["model"], row["exchanges"], row["total_tokens"]), ("test", 2, 24)
@@ -1338,22 +1344,72 @@ class AccountingTests(RealSystemdTestCase):
 
     async def test_adminSocket(self) -> None:
         """
-        The admin socket is 0600, owned by the dynamic user; root scrapes
-        C{/metrics} and C{/healthz} through it with curl.
+        The admin socket is 0600, owned by the dynamic user; root reads
+        C{/healthz} and C{/metrics} through it with the README's commands.
         """
         self.assertEqual((await self.post())[0], 200)
         pid = await self.mainPID(SERVICE)
         uid = (await self.procStatus(pid))["Uid"].split()[0]
         listing = await self.container.run(["stat", "-c", "%a %u %F", ADMIN_SOCKET])
         self.assertEqual(listing.out.split(), ["600", uid, "socket"])
-        metrics = await self.container.run(
-            ["curl", "-sS", "--unix-socket", ADMIN_SOCKET, "http://localhost/metrics"]
-        )
-        self.assertIn(
+        [block] = readmeShellBlocks("### Metrics and health")
+        [(health, expectedHealth), (metrics, expectedMetrics)] = expectations(block)
+        self.assertIn(ADMIN_SOCKET, health)
+        shown = await self.container.sh(health)
+        self.assertEqual(json.loads(shown.out)["status"], "serving")
+        for line in expectedHealth:
+            self.assertRegex(shown.out, expectedPattern(line))
+        shown = await self.container.sh(metrics)
+        self.assertEqual(
+            shown.out.strip(),
             'responses_proxy_exchanges_total{outcome="complete",status="200"} 1.0',
-            metrics.out,
         )
-        health = await self.container.run(
-            ["curl", "-sS", "--unix-socket", ADMIN_SOCKET, "http://localhost/healthz"]
+        for line in expectedMetrics:
+            self.assertRegex(shown.out, expectedPattern(line))
+
+
+class CallerTests(RealSystemdTestCase):
+    """
+    The README's "Who may use it": C{--allow-group} in a drop-in, under the
+    real unit's sandbox (whose C{RestrictAddressFamilies=} must let the
+    netlink caller lookup through).
+    """
+
+    async def test_allowGroup(self) -> None:
+        """
+        After the README's steps, the group's member (alice) is served, and
+        another user (mallory) and root get 403 C{caller_not_allowed}; each
+        exchange is logged with its caller.
+        """
+        await self.container.sh(
+            "id alice >/dev/null 2>&1 || useradd --system alice\n"
+            "id mallory >/dev/null 2>&1 || useradd --system mallory\n"
+            "getent group codex-users >/dev/null && groupdel codex-users || true"
         )
-        self.assertEqual(json.loads(health.out)["status"], "serving")
+        [block] = readmeShellBlocks("### Who may use it")
+        [dropIn] = readmeShellBlocks("### Who may use it", language="ini")
+        # The second line is C{systemctl edit}, which is interactive: the test
+        # writes the drop-in it would, with the README's contents plus the
+        # fake upstream's options.
+        [create, edit] = block.strip().splitlines()
+        self.assertEqual(edit, f"systemctl edit {SERVICE}")
+        await self.container.sh(create)
+        [section, clear, execStart] = dropIn.strip().splitlines()
+        self.assertEqual((section, clear), ("[Service]", "ExecStart="))
+        self.container.writeFile(
+            f"/etc/systemd/system/{SERVICE}.d/override.conf",
+            f"{section}\n{clear}\n{restated(execStart, [], UPSTREAM_OPTIONS)}\n",
+        )
+        await self.container.run(["systemctl", "daemon-reload"])
+        await self.container.run(["systemctl", "restart", SERVICE])
+        self.assertEqual((await self.post(user="alice"))[0], 200)
+        for user in ("mallory", None):
+            status, body = await self.post(user=user)
+            self.assertEqual(status, 403, body)
+            self.assertEqual(json.loads(body)["error"]["code"], "caller_not_allowed")
+        lines = "\n".join(await self.ownLines(SERVICE))
+        self.assertRegex(lines, r"-> 200 \(complete, .*caller alice \(uid \d+\)")
+        self.assertRegex(
+            lines, r"-> 403 \(rejected caller_not_allowed, .*caller mallory \(uid"
+        )
+        self.assertIn("caller root (uid 0)", lines)
