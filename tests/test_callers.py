@@ -122,6 +122,22 @@ class AccessControlTests(_Users):
         )
         self.assertTrue(all(isinstance(e["pid"], int) for e in events), events)
 
+    async def test_shutdownAllowedOnly(self) -> None:
+        """
+        With C{--http-shutdown}, C{GET /shutdown} is subject to the callers
+        too: a refused user gets 403 and the proxy keeps serving; the
+        allowed user stops it.
+        """
+        proxy = await self.proxy("--http-shutdown", "--allow-user", ALLOWED)
+        where = f"127.0.0.1:{proxy.port}"
+        refused = await requestAs(self, self.refused, where, "/shutdown", method="GET")
+        self.assertEqual(refused, Answer(403, "caller_not_allowed"))
+        self.assertEqual(await requestAs(self, self.allowed, where), Answer(200, None))
+        allowed = await requestAs(self, self.allowed, where, "/shutdown", method="GET")
+        self.assertEqual(allowed.status, 200)
+        result = await proxy.process.ended
+        self.assertEqual(result.exitCode, 0)
+
     async def test_numericUid(self) -> None:
         """
         C{--allow-user} takes a uid too.

@@ -24,7 +24,7 @@ from tests.support import spawnEntryPoint
 # under /root): one request over TCP or a Unix socket, the answer as JSON.
 CLIENT = r"""
 import http.client, json, socket, sys
-where, path, body = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+where, path, body, method = sys.argv[1], sys.argv[2], sys.argv[3].encode(), sys.argv[4]
 class UnixConnection(http.client.HTTPConnection):
     def __init__(self, socketPath):
         super().__init__("localhost")
@@ -37,7 +37,10 @@ if where.startswith("/"):
 else:
     host, port = where.rsplit(":", 1)
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
-connection.request("POST", path, body, {"Content-Type": "application/json"})
+if method == "POST":
+    connection.request("POST", path, body, {"Content-Type": "application/json"})
+else:
+    connection.request(method, path)
 response = connection.getresponse()
 data = response.read()
 try:
@@ -122,12 +125,15 @@ async def requestAs(
     where: str,
     path: str = "/v1/responses",
     body: bytes = b'{"model": "m", "input": "hi"}',
+    method: str = "POST",
 ) -> Answer:
     """
-    POST C{body} to C{where} (C{host:port} or a Unix socket path) as
-    C{user} (L{None}: as ourselves), and return the answer.
+    POST C{body} (or send a bodiless C{method}) to C{where} (C{host:port}
+    or a Unix socket path) as C{user} (L{None}: as ourselves), and return
+    the answer.
     """
     argv = [clientInterpreter(), "-I", "-c", CLIENT, where, path, body.decode()]
+    argv.append(method)
     process = spawnEntryPoint(
         testCase,
         argv,
