@@ -104,13 +104,25 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _opener(identity: WorkloadIdentity, url: str) -> urllib.request.OpenerDirector:
+def _opener(
+    identity: WorkloadIdentity, request: urllib.request.Request
+) -> urllib.request.OpenerDirector:
+    """
+    An opener for C{request}: the upstream's trust (C{--upstream-ca}), its
+    egress proxy (C{HTTPS_PROXY}, C{NO_PROXY}), no redirects. The egress
+    proxy's credentials go on the request as C{Proxy-Authorization}, which
+    urllib moves onto the C{CONNECT} (never into the tunnel).
+    """
     context = ssl.create_default_context(cafile=identity.caFile)
-    host = urlsplit(url).hostname or ""
+    host = urlsplit(request.full_url).hostname or ""
     proxies = {}
     egress = proxyFromEnvironment("https", host, identity.environ)
     if egress is not None:
         proxies["https"] = f"http://{egress.host}:{egress.port}"
+        if egress.authorization is not None:
+            request.add_unredirected_header(
+                "Proxy-Authorization", egress.authorization.decode("latin-1")
+            )
     return urllib.request.build_opener(
         urllib.request.ProxyHandler(proxies),
         urllib.request.HTTPSHandler(context=context),
@@ -125,7 +137,7 @@ def _call(identity: WorkloadIdentity, request: urllib.request.Request, who: str)
     @raise WorkloadIdentityError: it failed, was refused or did not answer
         JSON (the message names C{who} and the status, never a body).
     """
-    opener = _opener(identity, request.full_url)
+    opener = _opener(identity, request)
     try:
         with opener.open(request, timeout=identity.timeout) as answer:
             body = answer.read(MAX_ANSWER_BYTES + 1)

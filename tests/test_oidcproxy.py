@@ -33,7 +33,8 @@ from tests.fakeoidc import (
 )
 from tests.fakeupstream import DEFAULT_TEXT
 from tests.processes import ProxyDidNotStart, SpawnedProxy, spawnProxy
-from tests.support import scriptPath, startFakeUpstream, waitFor
+from tests.support import childEnvironment, scriptPath, startFakeUpstream, waitFor
+from tests.test_egress import startConnectProxy
 
 AUDIENCE = "api://openai-workload-identity/test"
 
@@ -178,13 +179,16 @@ class HappyPathTests(_OIDC):
                 places.append(f.read())
         with open(proxy.serverInfoPath, "rb") as f:
             places.append(f.read())
-        await waitFor(lambda: len(os.listdir(dumps)) >= 4)
-        for name in os.listdir(dumps):
-            with open(os.path.join(dumps, name), "rb") as f:
-                places.append(f.read())
         proxy.process.signal("TERM")
         result = await proxy.process.ended
         places += [result.stdout, result.stderr]
+        # Once the proxy has exited, every dump is written out (a listing
+        # taken earlier may name a temporary file just being renamed).
+        names = os.listdir(dumps)
+        self.assertGreaterEqual(len(names), 4, names)
+        for name in names:
+            with open(os.path.join(dumps, name), "rb") as f:
+                places.append(f.read())
         self.assertGreater(len(self.secrets()), 9)
         self.assertNoSecrets(*places)
 
@@ -196,6 +200,36 @@ class HappyPathTests(_OIDC):
         proxy = await self.proxy()
         self.assertEqual((await self.post(proxy))[0], 200)
         self.assertEqual(self.upstreamTokens(), [b"Bearer oai_access_canary_1"])
+
+    async def test_throughEgressProxy(self) -> None:
+        """
+        With C{HTTPS_PROXY}, both token requests go through the egress
+        proxy's C{CONNECT} tunnels, with its credentials on the C{CONNECT}
+        only, and no secret is visible to it outside the TLS inside.
+        """
+        proxyPort, state = startConnectProxy(self)
+        proxy = await spawnProxy(
+            self,
+            *self.flags(),
+            entry=self.entry,
+            key=FAKE_REQUEST_TOKEN.encode() + b"\n",
+            env=childEnvironment(
+                HTTPS_PROXY=f"http://alice:s%40cret@127.0.0.1:{proxyPort}"
+            ),
+        )
+        self.assertEqual(
+            [(method, target) for method, target, _ in state.requests],
+            [
+                (b"CONNECT", f"127.0.0.1:{self.githubServer.port}".encode()),
+                (b"CONNECT", f"127.0.0.1:{self.exchangeServer.port}".encode()),
+            ],
+        )
+        expected = b"Basic " + base64.b64encode(b"alice:s@cret")
+        for _, _, headers in state.requests:
+            self.assertEqual(headers[b"proxy-authorization"], expected)
+        self.assertEqual(self.github.requests[0].header("proxy-authorization"), [])
+        self.assertNoSecrets(bytes(state.relayed))
+        self.assertEqual((await self.post(proxy))[0], 200)
 
 
 class RenewalTests(_OIDC):
