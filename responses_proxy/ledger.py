@@ -333,10 +333,14 @@ class Ledger:
 
     def today(self) -> list[dict[str, Any]]:
         """
-        Today's rows (per uid and model), for the admin socket's C{/usage}.
+        Today's rows (per uid and model), for the admin socket's C{/usage};
+        with their C{total_tokens}, as C{responses-api-proxy usage} shows.
         """
         self._rollOver()
-        return [dict(entry) for entry in self._today.values()]
+        return [
+            {**entry, "total_tokens": entry["input_tokens"] + entry["output_tokens"]}
+            for entry in self._today.values()
+        ]
 
     # Recording.
 

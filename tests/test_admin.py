@@ -269,6 +269,9 @@ class AdminSocketTests(TestCase):
         [row] = usage["usage"]
         self.assertEqual((row["model"], row["uid"]), ("gpt-test", os.getuid()))
         self.assertGreater(row["output_tokens"], 0)
+        self.assertEqual(
+            row["total_tokens"], row["input_tokens"] + row["output_tokens"]
+        )
         public = await treq.get(f"{proxy.base}/metrics", persistent=False)
         await treq.content(public)
         self.assertEqual(public.code, 403)
