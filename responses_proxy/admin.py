@@ -136,6 +136,13 @@ class AdminResource(_Root):
 
 
 class _QuietSite(Site):
+    """
+    No access log, and no "starting on" lines: the service logs the socket
+    once, by its purpose.
+    """
+
+    noisy = False
+
     def log(self, request: Any) -> None:
         pass
 
