@@ -45,7 +45,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
@@ -53,13 +53,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import protocol, reactor, ssl
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorSocket, IReactorSSL
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
+from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+if TYPE_CHECKING:
+    from twisted.web.http import _GenericHTTPChannelProtocol
+
+_T = TypeVar("_T")
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -144,7 +151,9 @@ class HostPKI:
         """
         certPath, keyPath = self.issue(names, stem)
         with open(certPath, "rb") as c, open(keyPath, "rb") as k:
-            return ssl.PrivateCertificate.loadPEM(c.read() + k.read()).options()
+            pem = c.read() + k.read()
+        options: ssl.CertificateOptions = ssl.PrivateCertificate.loadPEM(pem).options()
+        return options
 
 
 def _writeFile(path: str, data: bytes) -> str:
@@ -343,6 +352,7 @@ def recordRequest(request: Request, now: float = 0.0) -> RecordedRequest:
             for name, values in request.requestHeaders.getAllRawHeaders()
             for value in values
         ]
+    assert request.content is not None
     request.content.seek(0)
     body = request.content.read()
     return RecordedRequest(
@@ -355,11 +365,14 @@ class RecordingSite(Site):
     A site whose requests keep their raw head, for L{recordRequest}.
     """
 
-    protocol = RecordingChannel
+    # Twisted types HTTPFactory.protocol as a factory of its generic (HTTP/1.1
+    # or HTTP/2) wrapper, but setting it to an HTTPChannel subclass is its
+    # documented way to choose the channel.
+    protocol = cast("Callable[[], _GenericHTTPChannelProtocol]", RecordingChannel)
     requestFactory = RecordingRequest
     displayTracebacks = False
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         pass
 
 
@@ -716,27 +729,35 @@ def serveHTTPS(
     site = RecordingSite(resource)
     connections: list[Any] = []
     if namespace is None:
-        listening = reactor.listenSSL(port, site, tls, interface=interface)
+        listening = IReactorSSL(reactor).listenSSL(port, site, tls, interface=interface)
     else:
         sock = namespace.listeningSocket(interface, port)
-        factory = TLSMemoryBIOFactory(tls, False, site)
+        # adoptStreamPort is typed for a ServerFactory but takes any protocol
+        # factory (listenSSL itself wraps the site in this one).
+        factory = cast(protocol.ServerFactory, TLSMemoryBIOFactory(tls, False, site))
         try:
-            listening = reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, factory)
+            listening = IReactorSocket(reactor).adoptStreamPort(
+                sock.fileno(), socket.AF_INET, factory
+            )
         finally:
             sock.close()
     trackedFactory = listening.factory if hasattr(listening, "factory") else site
     _trackedFactory(trackedFactory, connections)
 
     async def stop() -> None:
-        await listening.stopListening()
+        stopping = listening.stopListening()
+        if stopping is not None:
+            await stopping
         for proto in connections:
             transport = getattr(proto, "transport", None)
             if transport is not None and transport.connected:
                 transport.abortConnection()
 
     testCase.addCleanup(stop)
+    address = listening.getHost()
+    assert isinstance(address, (IPv4Address, IPv6Address)), address
     served = ServedEndpoint(
-        resource, site, listening, interface, listening.getHost().port, connections
+        resource, site, listening, interface, address.port, connections
     )
     return served
 
@@ -748,7 +769,7 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _inNamespace(fd: int, work: Callable[[], Any]) -> Any:
+def _inNamespace(fd: int, work: Callable[[], _T]) -> _T:
     """
     Run C{work} in a thread that has joined the network namespace C{fd}
     (setns(2) moves only the calling thread), and return its result.
@@ -769,7 +790,8 @@ def _inNamespace(fd: int, work: Callable[[], Any]) -> Any:
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["value"]
+    value: _T = outcome["value"]
+    return value
 
 
 def namespaceUnavailable() -> str | None:
@@ -875,6 +897,7 @@ class _Collect(protocol.Protocol):
         self.done: Deferred[bytes] = Deferred()
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(self.payload)
 
     def dataReceived(self, data: bytes) -> None:
@@ -958,7 +981,7 @@ class NetworkNamespace:
         return _inNamespace(self.fd, make)
 
     def connect(
-        self, host: str, port: int, factory: protocol.Factory
+        self, host: str, port: int, factory: protocol.Factory[Any]
     ) -> protocol.Protocol:
         """
         Connect C{factory}'s protocol to C{host}:C{port} in the namespace,
@@ -967,15 +990,19 @@ class NetworkNamespace:
         built: list[protocol.Protocol] = []
         original = factory.buildProtocol
 
-        def buildProtocol(addr: Any) -> protocol.Protocol:
+        def buildProtocol(addr: Any) -> protocol.Protocol | None:
             proto = original(addr)
-            built.append(proto)
+            if proto is not None:
+                built.append(proto)
             return proto
 
         factory.buildProtocol = buildProtocol  # type: ignore[method-assign]
         sock = self.connectedSocket(host, port)
         try:
-            reactor.adoptStreamConnection(sock.fileno(), socket.AF_INET, factory)
+            # Typed for a ServerFactory, but any protocol factory will do.
+            IReactorSocket(reactor).adoptStreamConnection(
+                sock.fileno(), socket.AF_INET, cast(protocol.ServerFactory, factory)
+            )
         finally:
             sock.close()
             factory.buildProtocol = original  # type: ignore[method-assign]

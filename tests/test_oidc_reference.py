@@ -172,6 +172,7 @@ class _ReferenceProtocol(protocol.ProcessProtocol):
         self.ended: Deferred[Ended] = Deferred()
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(self.stdin)
         self.transport.closeStdin()
 
@@ -424,9 +425,10 @@ def normalise(record: RecordedRequest, secrets: dict[str, str]) -> dict[str, Any
     Content-Type (C{json} keeps the key order).
     """
     contentType = (record.header("content-type") or [""])[0]
+    hosts = record.header("host")
     normal: dict[str, Any] = {
         "method": record.method,
-        "host": (record.header("host") or [None])[0],
+        "host": hosts[0] if hosts else None,
         "serverName": record.serverName,
         "path": record.path,
         "query": [list(p) for p in parse_qsl(urlsplit(record.target).query, True)],
@@ -441,7 +443,8 @@ def normalise(record: RecordedRequest, secrets: dict[str, str]) -> dict[str, Any
         normal["form"] = [list(p) for p in parse_qsl(record.body.decode(), True)]
     else:
         normal["body"] = record.body.decode("utf-8", "replace")
-    return _hide(normal, secrets)
+    hidden: dict[str, Any] = _hide(normal, secrets)
+    return hidden
 
 
 async def recordReference(
