@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """
 Micro-benchmark: what attributing a connection to its user costs
-(L{responses_proxy.peers}), next to what accepting the connection costs.
+(L{responses_proxy.peers}, L{responses_proxy.sockdiag}), next to what
+accepting the connection costs.
 
   .venv/bin/python bench/peerlookup.py [--count 20000] [--accepts 5000]
 
@@ -38,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from responses_proxy import peers  # noqa: E402
+from responses_proxy import peers, sockdiag  # noqa: E402
 
 
 def timed(call: Callable[[], object], count: int) -> list[float]:
@@ -75,7 +76,7 @@ def tcpPair(family: int, host: str) -> tuple[socket.socket, socket.socket]:
     return client, server
 
 
-def checked(peer: peers.Peer) -> peers.Peer:
+def checked(peer: peers.Peer | sockdiag.Owner) -> object:
     if peer.uid != os.getuid():
         raise SystemExit(f"lookup failed: {peer}")
     return peer
@@ -83,9 +84,9 @@ def checked(peer: peers.Peer) -> peers.Peer:
 
 def perLookupSocket(server: socket.socket) -> Callable[[], object]:
     def lookup() -> object:
-        table = peers.SocketTable()
+        table = sockdiag.SocketTable()
         try:
-            return checked(table.peerOfTCP(server))
+            return checked(table.ownerOfPeer(server))
         finally:
             table.close()
 
@@ -219,7 +220,7 @@ def main() -> None:
     rows.append(
         ("TCP v4, netlink socket per lookup", timed(perLookupSocket(v4server), count))
     )
-    table = peers.SocketTable()
+    table = sockdiag.SocketTable()
     ends = (v4client.getsockname(), v4server.getsockname())
     rows.append(
         (

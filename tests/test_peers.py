@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_peers -*-
 """
 Integration tests (loopback / processes / real users) for
-L{responses_proxy.peers}: real sockets, real uids (helper processes that
-become another user), real network and user namespaces; a few use the
-global reactor for real Twisted transports. CI runs them as root; a test
+L{responses_proxy.peers} and the socket table under it
+(L{responses_proxy.sockdiag}): real sockets, real uids (helper processes
+that become another user), real network and user namespaces; a few use
+the global reactor for real Twisted transports. CI runs them as root; a test
 that needs root (to switch uid or make namespaces) skips without it and
 says so. L{FakeKernelTests} alone is in memory: it plays the kernel's side
 of the netlink exchange to reach the answers a real kernel rarely gives.
@@ -36,8 +37,9 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from responses_proxy import peers
-from responses_proxy.peers import Peer, SocketTable, UserNames, peerOf, peerOfSocket
+from responses_proxy import peers, sockdiag
+from responses_proxy.peers import Peer, UserNames, peerOf, peerOfSocket
+from responses_proxy.sockdiag import Owner, SocketTable
 from tests.support import makeTestPKI, serverContext
 
 OTHER_UID = 65534  # nobody on Debian; the kernel needs no passwd entry
@@ -136,17 +138,17 @@ def pollUntil(predicate: Callable[[], Any], what: str) -> Any:
 def rawAnswer(client: Any, server: Any) -> Any:
     """
     The kernel's unchecked answer for the socket whose local end is
-    C{client} and remote end C{server}: an errno or a C{peers._Answer}.
+    C{client} and remote end C{server}: an errno or a C{sockdiag._Answer}.
     """
     table = SocketTable()
     try:
         with table._lock:
-            return table._ask(peers._endpoint(client), peers._endpoint(server))
+            return table._ask(sockdiag._endpoint(client), sockdiag._endpoint(server))
     finally:
         table.close()
 
 
-def ownerOf(client: Any, server: Any) -> Peer:
+def ownerOf(client: Any, server: Any) -> Owner:
     """
     L{SocketTable.ownerOf} on a table of its own (no namespace check).
     """
@@ -171,7 +173,7 @@ def fields(peer: Peer) -> dict[str, Any]:
 _PRELUDE = """
 import ctypes, fcntl, json, os, socket, struct, sys
 sys.path.insert(0, sys.argv[1])
-from responses_proxy import peers
+from responses_proxy import peers, sockdiag
 job = json.loads(sys.argv[2])
 
 def say(**fields):
@@ -253,11 +255,11 @@ if job.get("impostor"):
     impostor.bind(tuple(job["client"]))
     impostor.connect(tuple(job["server"]))
     os.seteuid(0)
-    table = peers.SocketTable()
+    table = sockdiag.SocketTable()
     owner = table.ownerOf(tuple(job["client"]), tuple(job["server"]))
-    result["byTuple"] = fields(owner)
+    result["byTuple"] = owner._asdict()
     if job.get("noCookies"):
-        peers._netnsCookie = lambda sock: None
+        sockdiag._netnsCookie = lambda sock: None
     result["peer"] = fields(peers.peerOfSocket(server))
 say(**result)
 """
@@ -533,7 +535,7 @@ class TCPTests(SynchronousTestCase):
             self.assertEqual((answer.state, answer.uid), (10, OTHER_UID), address)
             self.assertEqual(
                 ownerOf(clientAddress, serverAddress),
-                Peer(None, None, peers.LISTENER_ONLY),
+                Owner(None, sockdiag.LISTENER_ONLY),
             )
             helper.stop()
 
@@ -579,7 +581,7 @@ class TCPTests(SynchronousTestCase):
 
         self.assertEqual(pollUntil(timeWait, "TIME_WAIT").uid, 0)
         self.assertEqual(
-            ownerOf(clientAddress, serverAddress), Peer(None, None, peers.CLOSED)
+            ownerOf(clientAddress, serverAddress), Owner(None, sockdiag.CLOSED)
         )
 
     def test_otherNetworkNamespace(self) -> None:
@@ -596,7 +598,7 @@ class TCPTests(SynchronousTestCase):
             passFds=[server.fileno()],
         )
         expected = peers.OTHER_NAMESPACE
-        if peers._netnsCookie(server) is None:
+        if sockdiag._netnsCookie(server) is None:
             expected = peers.NOT_FOUND
         self.assertEqual(helper.receive()["peer"], fields(Peer(None, None, expected)))
 
@@ -622,7 +624,7 @@ class TCPTests(SynchronousTestCase):
             passFds=[server.fileno()],
         )
         report = helper.receive()
-        self.assertEqual(report["byTuple"], fields(Peer(OTHER_UID, None)))
+        self.assertEqual(report["byTuple"], Owner(OTHER_UID)._asdict())
         self.assertIsNone(report["before"]["uid"])
         self.assertIsNone(report["peer"]["uid"])
         self.assertEqual(peerOfSocket(server), Peer(os.getuid(), None))
@@ -634,7 +636,7 @@ class TCPTests(SynchronousTestCase):
         Another network namespace can hold a socket with the very same
         4-tuple, owned by another uid: our connection is not its.
         """
-        if peers._netnsCookie(socket.socket()) is None:
+        if sockdiag._netnsCookie(socket.socket()) is None:
             raise SkipTest("the kernel has no SO_NETNS_COOKIE (before Linux 5.14)")
         self.assertEqual(self.assertImpostorRefused(False), peers.OTHER_NAMESPACE)
 
@@ -812,9 +814,9 @@ def answer(
             return socket.inet_aton(host).ljust(16, b"\0")
         return socket.inet_pton(socket.AF_INET6, host)
 
-    body = peers._ANSWER.pack(
-        peers._ANSWER.size + 8,
-        peers.SOCK_DIAG_BY_FAMILY,
+    body = sockdiag._ANSWER.pack(
+        sockdiag._ANSWER.size + 8,
+        sockdiag.SOCK_DIAG_BY_FAMILY,
         0,
         sequence,
         0,
@@ -842,7 +844,9 @@ def error(code: int, sequence: int = 1) -> bytes:
     """
     An C{NLMSG_ERROR} answer with C{code} (positive; sent negated).
     """
-    return peers._ERROR.pack(36, peers.NLMSG_ERROR, 0, sequence, 0, -code) + bytes(16)
+    return sockdiag._ERROR.pack(
+        36, sockdiag.NLMSG_ERROR, 0, sequence, 0, -code
+    ) + bytes(16)
 
 
 class FakeKernelTests(SynchronousTestCase):
@@ -858,7 +862,7 @@ class FakeKernelTests(SynchronousTestCase):
         self.addCleanup(self.table.close)
         self.table._ensureOpen()
 
-    def lookup(self, *answers: bytes) -> Peer:
+    def lookup(self, *answers: bytes) -> Owner:
         """
         Queue C{answers}, then look up L{CLIENT} -> L{SERVER}.
         """
@@ -872,11 +876,11 @@ class FakeKernelTests(SynchronousTestCase):
         its local end is our peer, its remote end us, with no dump flag,
         no cookie check, and the loopback interface.
         """
-        self.assertEqual(self.lookup(answer()), Peer(1000, None))
+        self.assertEqual(self.lookup(answer()), Owner(1000))
         [request] = self.kernel.requests()
-        f = peers._REQUEST.unpack(request)
+        f = sockdiag._REQUEST.unpack(request)
         self.assertEqual(
-            f[:5], (72, peers.SOCK_DIAG_BY_FAMILY, peers.NLM_F_REQUEST, 1, 0)
+            f[:5], (72, sockdiag.SOCK_DIAG_BY_FAMILY, sockdiag.NLM_F_REQUEST, 1, 0)
         )
         self.assertEqual(f[5:9], (socket.AF_INET, socket.IPPROTO_TCP, 0, 0xFFFFFFFF))
         self.assertEqual((socket.ntohs(f[9]), socket.ntohs(f[10])), (40000, 8080))
@@ -890,7 +894,7 @@ class FakeKernelTests(SynchronousTestCase):
         Each question has its own sequence number.
         """
         self.lookup(answer(sequence=1))
-        self.assertEqual(self.lookup(answer(sequence=2, uid=1001)), Peer(1001, None))
+        self.assertEqual(self.lookup(answer(sequence=2, uid=1001)), Owner(1001))
 
     def test_staleAnswerSkipped(self) -> None:
         """
@@ -899,7 +903,7 @@ class FakeKernelTests(SynchronousTestCase):
         """
         self.assertEqual(
             self.lookup(answer(sequence=77, uid=4242), answer(uid=1000)),
-            Peer(1000, None),
+            Owner(1000),
         )
 
     def test_notFound(self) -> None:
@@ -907,43 +911,41 @@ class FakeKernelTests(SynchronousTestCase):
         ENOENT: the client's socket is not in this namespace's table.
         """
         self.assertEqual(
-            self.lookup(error(errno.ENOENT)), Peer(None, None, peers.NOT_FOUND)
+            self.lookup(error(errno.ENOENT)), Owner(None, sockdiag.NOT_FOUND)
         )
 
     def test_otherError(self) -> None:
         """
         Another errno is reported as such.
         """
-        peer = self.lookup(error(errno.EPERM))
-        self.assertIsNone(peer.uid)
-        self.assertIn(os.strerror(errno.EPERM), peer.unknownReason or "")
+        owner = self.lookup(error(errno.EPERM))
+        self.assertIsNone(owner.uid)
+        self.assertIn(os.strerror(errno.EPERM), owner.reason or "")
 
     def test_shortAnswer(self) -> None:
         """
         A datagram shorter than a header: unknown, and a fresh socket next
         time.
         """
-        peer = self.lookup(b"\x01" * 10)
-        self.assertIn("short answer", peer.unknownReason or "")
+        owner = self.lookup(b"\x01" * 10)
+        self.assertIn("short answer", owner.reason or "")
         self.assertIsNone(self.table._socket)
         self.table._ensureOpen()
-        self.assertEqual(self.lookup(answer(sequence=2)), Peer(1000, None))
+        self.assertEqual(self.lookup(answer(sequence=2)), Owner(1000))
 
     def test_truncatedAnswer(self) -> None:
         """
         An answer cut short of the fixed C{inet_diag_msg}: unknown.
         """
-        peer = self.lookup(answer()[:60])
-        self.assertIsNone(peer.uid)
-        self.assertIn("short or unexpected", peer.unknownReason or "")
+        owner = self.lookup(answer()[:60])
+        self.assertIsNone(owner.uid)
+        self.assertIn("short or unexpected", owner.reason or "")
 
     def test_noAnswer(self) -> None:
         """
         No answer at all: unknown at once, no waiting.
         """
-        self.assertEqual(
-            self.lookup(), Peer(None, None, "no answer from the socket table")
-        )
+        self.assertEqual(self.lookup(), Owner(None, "no answer from the socket table"))
 
     def test_listener(self) -> None:
         """
@@ -952,7 +954,7 @@ class FakeKernelTests(SynchronousTestCase):
         listener = answer(
             state=10, uid=4242, client=("0.0.0.0", 40000), server=("0.0.0.0", 0)
         )
-        self.assertEqual(self.lookup(listener), Peer(None, None, peers.LISTENER_ONLY))
+        self.assertEqual(self.lookup(listener), Owner(None, sockdiag.LISTENER_ONLY))
 
     def test_otherSocket(self) -> None:
         """
@@ -964,10 +966,10 @@ class FakeKernelTests(SynchronousTestCase):
             (("127.0.0.2", 40000), SERVER),
             (CLIENT, ("127.0.0.3", 8080)),
         ]:
-            peer = self.lookup(
+            owner = self.lookup(
                 answer(sequence=self.table._sequence + 1, client=client, server=server)
             )
-            self.assertIsNone(peer.uid, (client, server))
+            self.assertIsNone(owner.uid, (client, server))
 
     def test_stateWithoutOwner(self) -> None:
         """
@@ -975,10 +977,10 @@ class FakeKernelTests(SynchronousTestCase):
         owner to speak of: all unknown.
         """
         for state in (2, 3, 6, 7, 12):
-            peer = self.lookup(
+            owner = self.lookup(
                 answer(sequence=self.table._sequence + 1, state=state, uid=0)
             )
-            self.assertIsNone(peer.uid, state)
+            self.assertIsNone(owner.uid, state)
 
     def test_ownedStates(self) -> None:
         """
@@ -986,8 +988,8 @@ class FakeKernelTests(SynchronousTestCase):
         owner.
         """
         for state in (1, 4, 5, 8, 9, 11):
-            peer = self.lookup(answer(sequence=self.table._sequence + 1, state=state))
-            self.assertEqual(peer, Peer(1000, None), state)
+            owner = self.lookup(answer(sequence=self.table._sequence + 1, state=state))
+            self.assertEqual(owner, Owner(1000), state)
 
     def test_mappedAnswer(self) -> None:
         """
@@ -998,7 +1000,7 @@ class FakeKernelTests(SynchronousTestCase):
             client=("::ffff:127.0.0.1", 40000),
             server=("::ffff:127.0.0.1", 8080),
         )
-        self.assertEqual(self.lookup(mapped), Peer(1000, None))
+        self.assertEqual(self.lookup(mapped), Owner(1000))
 
     def test_unavailable(self) -> None:
         """
@@ -1009,11 +1011,10 @@ class FakeKernelTests(SynchronousTestCase):
         def refuse() -> socket.socket:
             raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
 
-        peer = SocketTable(refuse).ownerOf(CLIENT, SERVER)
+        owner = SocketTable(refuse).ownerOf(CLIENT, SERVER)
         self.assertEqual(
-            peer,
-            Peer(
-                None,
+            owner,
+            Owner(
                 None,
                 f"socket table unavailable: {os.strerror(errno.EAFNOSUPPORT)}",
             ),
@@ -1032,14 +1033,14 @@ class KeptSocketTests(SynchronousTestCase):
         opened: list[socket.socket] = []
 
         def openSocket() -> socket.socket:
-            opened.append(peers.openDiagSocket())
+            opened.append(sockdiag.openDiagSocket())
             return opened[-1]
 
         table = SocketTable(openSocket)
         self.addCleanup(table.close)
         _, server = connectedPair(self)
         for _ in range(3):
-            self.assertEqual(table.peerOfTCP(server), Peer(os.getuid(), None))
+            self.assertEqual(table.ownerOfPeer(server), Owner(os.getuid()))
         self.assertEqual(len(opened), 1)
 
     def test_forkedChildHasItsOwn(self) -> None:
@@ -1050,12 +1051,12 @@ class KeptSocketTests(SynchronousTestCase):
         """
         _, server = connectedPair(self)
         self.assertTrue(peerOfSocket(server).known)
-        parentSocket = peers._table()._socket
+        parentSocket = sockdiag._table()._socket
         readEnd, writeEnd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: report and leave, whatever happens
             try:
-                report: dict[str, Any] = {"tables": len(peers._tables)}
+                report: dict[str, Any] = {"tables": len(sockdiag._tables)}
                 if os.geteuid() == 0:
                     libc = ctypes.CDLL(None, use_errno=True)
                     report["moved"] = libc.unshare(CLONE_NEWNET) == 0
@@ -1078,7 +1079,7 @@ class KeptSocketTests(SynchronousTestCase):
             expected = Peer(os.getuid(), None)
         self.assertEqual(report["peer"], fields(expected))
         self.assertEqual(peerOfSocket(server), Peer(os.getuid(), None))
-        self.assertIs(peers._table()._socket, parentSocket)
+        self.assertIs(sockdiag._table()._socket, parentSocket)
 
 
 # Twisted transports -----------------------------------------------------------
