@@ -1,8 +1,10 @@
 # -*- test-case-name: tests.test_site -*-
 """
-Unit tests (in memory) for L{responses_proxy.site}: the request deadline,
-the stalled-reader cut, the body limit, strict parsing of the head, the
-JSON answers the proxy gives while reading, persistence, and draining.
+Unit tests (in memory) for L{responses_proxy.site},
+L{responses_proxy.channel} and L{responses_proxy.deadlines}: the request
+deadline, the stalled-reader cut, the body limit, strict parsing of the
+head, the JSON answers the proxy gives while reading, persistence, and
+draining.
 
 Each test drives a L{ProxySite} connection on a L{StringTransport} with a
 L{Clock}; where forwarding matters, behind the real resource tree and

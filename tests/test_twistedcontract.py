@@ -29,7 +29,7 @@ from twisted.web import http, server
 from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
-from responses_proxy import eagerwrite, site, upstreamconn
+from responses_proxy import channel, deadlines, eagerwrite, site, upstreamconn
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,10 @@ _POOL_TICKET = (
     "none found; to file: a public way to choose HTTPConnectionPool's protocol"
 )
 _HEAD_TICKET = "twisted/twisted#8570 (limits on a response's head)"
-_SITE = "responses_proxy/site.py (strict request parsing)"
-_SITE_TICKET = "twisted/twisted#4892 and #6927 (HTTPChannel's head limits and errors)"
+_CHANNEL = "responses_proxy/channel.py (strict request parsing)"
+_CHANNEL_TICKET = (
+    "twisted/twisted#4892 and #6927 (HTTPChannel's head limits and errors)"
+)
 _ACTIVATION = "responses_proxy/activation.py (adopted AF_UNIX sockets)"
 _ACTIVATION_TICKET = (
     "the AF_UNIX sibling of twisted/twisted#5621 (adopted sockets left alone)"
@@ -139,24 +141,24 @@ CONTRACTS = [
     Contract(
         http.HTTPChannel,
         "_respondToBadRequestAndDisconnect",
-        _SITE,
-        _SITE_TICKET,
+        _CHANNEL,
+        _CHANNEL_TICKET,
         ("self",),
     ),
-    Contract(http.HTTPChannel, "_receivedHeaderSize", _SITE, _SITE_TICKET),
-    Contract(http.HTTPChannel, "_receivedHeaderCount", _SITE, _SITE_TICKET),
+    Contract(http.HTTPChannel, "_receivedHeaderSize", _CHANNEL, _CHANNEL_TICKET),
+    Contract(http.HTTPChannel, "_receivedHeaderCount", _CHANNEL, _CHANNEL_TICKET),
     # An instance attribute: look on an instance.
-    Contract(http.HTTPChannel(), "_handlingRequest", _SITE, _SITE_TICKET),
-    Contract(http.HTTPChannel, "totalHeadersSize", _SITE, _SITE_TICKET),
-    Contract(http.HTTPChannel, "maxHeaders", _SITE, _SITE_TICKET),
+    Contract(http.HTTPChannel(), "_handlingRequest", _CHANNEL, _CHANNEL_TICKET),
+    Contract(http.HTTPChannel, "totalHeadersSize", _CHANNEL, _CHANNEL_TICKET),
+    Contract(http.HTTPChannel, "maxHeaders", _CHANNEL, _CHANNEL_TICKET),
     Contract(
         http.HTTPChannel,
         "checkPersistence",
-        _SITE,
+        _CHANNEL,
         "public, overridden",
         ("self", "request", "version"),
     ),
-    Contract(LineReceiver, "_buffer", _SITE, _SITE_TICKET),
+    Contract(LineReceiver, "_buffer", _CHANNEL, _CHANNEL_TICKET),
     Contract(
         server.Request,
         "process",
@@ -276,7 +278,8 @@ class TwistedContractTests(SynchronousTestCase):
         base classes use for something else.
         """
         pairs: list[tuple[type, type]] = [
-            (site.ProxyChannel, http.HTTPChannel),
+            (channel.ProxyChannel, http.HTTPChannel),
+            (deadlines.DeadlineChannel, http.HTTPChannel),
             (site.ProxyRequest, server.Request),
             (upstreamconn.UpstreamProtocol, HTTP11ClientProtocol),
             (upstreamconn.UpstreamPool, HTTPConnectionPool),
