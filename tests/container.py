@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import fcntl
 import inspect
 import os
 import re
@@ -157,12 +158,17 @@ def buildWheels(directory: str, pythonVersion: str = "3.11") -> str:
     """
     os.makedirs(directory, exist_ok=True)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    built = subprocess.run(
-        [*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", directory, CHECKOUT],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # setuptools builds in the checkout's own build/ directory: with trial's
+    # -j, two workers building at once clobber each other's files.
+    lockPath = os.path.join(tempfile.gettempdir(), "responses-api-proxy-wheel.lock")
+    with open(lockPath, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = subprocess.run(
+            [*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", directory, CHECKOUT],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     if built.returncode != 0:
         raise AssertionError(f"pip wheel failed:\n{built.stdout}{built.stderr}")
     [wheel] = [
