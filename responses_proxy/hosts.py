@@ -56,20 +56,34 @@ def isLoopbackName(host: bytes) -> bool:
     return address.is_loopback
 
 
+# How many Host values' verdicts are remembered: clients use one or two.
+MAX_REMEMBERED = 64
+
+
 class HostCheck:
     """
     Admit a request whose single C{Host} names loopback or an allowed name.
+
+    The verdict on each admitted value is remembered (a few of them): the
+    same client sends the same C{Host} every time, and parsing an address
+    is most of the check's cost. Refused values are not remembered, so a
+    stream of made-up names cannot push the real ones out.
     """
 
     def __init__(self, allowed: Iterable[str] = ()) -> None:
         self._allowed = {name.lower().encode("idna") for name in allowed}
+        self._admitted: set[bytes] = set()
 
     def __call__(self, head: RequestHead) -> Refusal | None:
         values = head.headers.getRawHeaders(b"host") or []
         if len(values) != 1:
             return self._refuse("the request must have exactly one Host header")
+        if values[0] in self._admitted:
+            return None
         host = _hostName(values[0])
         if host is not None and (isLoopbackName(host) or host in self._allowed):
+            if len(self._admitted) < MAX_REMEMBERED:
+                self._admitted.add(values[0])
             return None
         shown = values[0][:100].decode("latin-1")
         return self._refuse(

@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
+from responses_proxy import hosts
 from responses_proxy.admission import Admission, Refusal, RequestHead
 from responses_proxy.browsers import refuseBrowsers, requireJSON
 from responses_proxy.callers import MEMBERSHIP_TTL, CallerIdentity, CallerPolicy
@@ -174,6 +175,27 @@ class HostTests(SynchronousTestCase):
         check = HostCheck(["proxy.internal"])
         self.assertIsNone(check(head((b"Host", b"Proxy.Internal:8080"))))
         self.assertIsNotNone(check(head((b"Host", b"evil.proxy.internal"))))
+
+    def test_verdictsRemembered(self) -> None:
+        """
+        An admitted value is admitted again without being parsed again;
+        refused values are never remembered, and the memory is bounded.
+        """
+        check = HostCheck()
+        self.assertIsNone(check(head((b"Host", b"127.0.0.1:8080"))))
+        self.patch(hosts, "isLoopbackName", lambda host: False)
+        self.assertIsNone(check(head((b"Host", b"127.0.0.1:8080"))))
+        self.assertIsNotNone(check(head((b"Host", b"127.0.0.2"))))
+        self.patch(hosts, "isLoopbackName", lambda host: True)
+        for port in range(2 * hosts.MAX_REMEMBERED):
+            self.assertIsNone(check(head((b"Host", b"127.0.0.1:%d" % port))))
+        self.patch(hosts, "isLoopbackName", lambda host: False)
+        self.assertIsNotNone(check(head((b"Host", b"attacker.example"))))
+        remembered = sum(
+            check(head((b"Host", b"127.0.0.1:%d" % port))) is None
+            for port in range(2 * hosts.MAX_REMEMBERED)
+        )
+        self.assertLessEqual(remembered, hosts.MAX_REMEMBERED)
 
     def test_isLoopbackName(self) -> None:
         """
