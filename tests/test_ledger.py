@@ -8,6 +8,7 @@ of the ledger, and a C{Clock} for the day).
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
@@ -16,7 +17,7 @@ import stat
 
 from twisted.internet import reactor
 from twisted.internet.task import Clock
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from responses_proxy.ledger import (
     LEDGER_FILE,
@@ -51,6 +52,30 @@ def exchange(
     )
     record.usage = usage
     return record
+
+
+class DayTests(SynchronousTestCase):
+    """
+    L{utcDay} and L{nextMidnight} agree with the calendar, at the
+    boundaries too.
+    """
+
+    def test_calendar(self) -> None:
+        """
+        The day's name and the next midnight are what C{datetime} says, at a
+        midnight, just before it, and at times across the years.
+        """
+        times = [0.0, 86399.999, 86400.0, 951782400.0, 1796169599.9999]
+        times += [1796169600.0 + k * 7777.7 for k in range(0, 40000, 97)]
+        for when in times:
+            moment = datetime.datetime.fromtimestamp(when, datetime.UTC)
+            midnight = datetime.datetime.combine(
+                moment.date() + datetime.timedelta(days=1),
+                datetime.time(),
+                datetime.UTC,
+            )
+            self.assertEqual(utcDay(when), moment.strftime("%Y-%m-%d"), when)
+            self.assertEqual(nextMidnight(when), midnight.timestamp(), when)
 
 
 class LedgerTests(TestCase):
