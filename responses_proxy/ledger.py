@@ -4,12 +4,10 @@ The usage ledger (C{--state-dir}): tokens per caller uid, model and UTC day,
 in SQLite (the standard library's C{sqlite3}, WAL mode), surviving restarts.
 
   - Each finished exchange adds one row's worth of counts. Writes happen on
-    one thread of their own, in batches (everything that finished while the
-    previous batch was being written), so a slow disk never stalls a
-    stream; a quiet proxy commits each exchange within milliseconds of its
-    end. A killed proxy loses the exchanges in flight, and at most the last
-    batch that had not been committed yet (written within milliseconds of
-    their end).
+    one thread of their own, in batches (what ended within a couple of
+    milliseconds of each other; L{responses_proxy.ledgerwriter}), so a slow
+    disk never stalls a stream. A killed proxy loses the exchanges in
+    flight, and at most those that ended in the last few milliseconds.
   - Today's totals per uid, and for everyone, are kept in memory too, for
     the budgets (L{responses_proxy.limits}), counted as exchanges finish.
     They are loaded from the file at start and restart from zero at each
@@ -29,15 +27,13 @@ import functools
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
+from twisted.internet.defer import Deferred
 
+from responses_proxy.ledgerwriter import LedgerWriter
 from responses_proxy.record import ExchangeRecord
 from responses_proxy.startup import StartupError
 
@@ -237,25 +233,11 @@ class Ledger:
     @ivar clock: where "now" comes from (C{seconds()}).
     """
 
-    _log = Logger()
-
-    def __init__(
-        self,
-        path: str,
-        reactor: Any,
-        *,
-        clock: Any = None,
-        threadpool: ThreadPool | None = None,
-    ) -> None:
+    def __init__(self, path: str, reactor: Any, *, clock: Any = None) -> None:
         self.path = path
-        self._reactor = reactor
         self.clock = clock or reactor
         self._connection = openLedgerFile(path)
-        self._ownPool = threadpool is None
-        self._pool = threadpool or ThreadPool(1, 1, name="usage-ledger")
-        self._queue: list[Row] = []
-        self._writing: Deferred[None] | None = None
-        self._flushWaiters: list[Deferred[None]] = []
+        self._writer = LedgerWriter(self._connection, _ADD, reactor)
         self._closed = False
         self._day = ""
         self._perUID: dict[int, int] = {}
@@ -267,8 +249,7 @@ class Ledger:
         """
         Start the writer thread.
         """
-        if self._ownPool:
-            self._pool.start()
+        self._writer.start()
 
     # Today's totals.
 
@@ -377,53 +358,13 @@ class Ledger:
             row.outputTokens,
             row.reasoningTokens,
         )
-        self._queue.append(row)
-        if self._writing is None:
-            self._writeQueued()
-
-    def _writeQueued(self) -> None:
-        batch, self._queue = self._queue, []
-        writing = deferToThreadPool(self._reactor, self._pool, self._write, batch)
-        self._writing = writing
-
-        def written(result: object) -> None:
-            self._writing = None
-            if self._queue:
-                self._writeQueued()
-                return
-            waiters, self._flushWaiters = self._flushWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-        def failed(failure: Any) -> None:
-            self._log.error(
-                "Could not write {count} exchanges to the usage ledger: {error}",
-                count=len(batch),
-                error=failure.getErrorMessage(),
-            )
-
-        writing.addErrback(failed).addBoth(written)
-
-    def _write(self, rows: Iterable[Row]) -> None:
-        # In the writer thread, in one transaction.
-        connection = self._connection
-        connection.execute("BEGIN")
-        try:
-            connection.executemany(_ADD, [row.values() for row in rows])
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+        self._writer.put(row.values())
 
     def flushed(self) -> Deferred[None]:
         """
         Fire once everything recorded so far is committed.
         """
-        if self._writing is None and not self._queue:
-            return succeed(None)
-        done: Deferred[None] = Deferred()
-        self._flushWaiters.append(done)
-        return done
+        return self._writer.flushed()
 
     async def close(self) -> None:
         """
@@ -432,12 +373,7 @@ class Ledger:
         if self._closed:
             return
         self._closed = True
-        await self.flushed()
-        if self._ownPool:
-            await deferToThreadPool(self._reactor, self._pool, self._connection.close)
-            self._pool.stop()
-        else:
-            self._connection.close()
+        await self._writer.close()
 
 
 def ledgerFor(
