@@ -22,6 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from responses_proxy.ledger import (
     LEDGER_FILE,
     Ledger,
+    Row,
+    combineRows,
     ledgerFor,
     nextMidnight,
     prepareDirectory,
@@ -76,6 +78,31 @@ class DayTests(SynchronousTestCase):
             )
             self.assertEqual(utcDay(when), moment.strftime("%Y-%m-%d"), when)
             self.assertEqual(nextMidnight(when), midnight.timestamp(), when)
+
+
+class CombineRowsTests(SynchronousTestCase):
+    """
+    L{combineRows}: one upsert per day, uid and model in a batch.
+    """
+
+    def test_sumsPerKey(self) -> None:
+        """
+        Rows sharing a day, uid and model are summed, the exchange count
+        with the tokens; the latest known user name is kept; other keys
+        stay apart, in the order first seen.
+        """
+        alice = Row("2026-12-01", 1000, "alice", "gpt-test", 0, 10, 4, 2, 1)
+        renamed = Row("2026-12-01", 1000, None, "gpt-test", 1, 0, 0, 0, 0)
+        other = Row("2026-12-01", 1000, "alice", "o9", 0, 1, 0, 1, 0)
+        self.assertEqual(
+            combineRows(
+                [alice.values(), other.values(), renamed.values(), alice.values()]
+            ),
+            [
+                ["2026-12-01", 1000, "alice", "gpt-test", 3, 1, 20, 8, 4, 2],
+                ["2026-12-01", 1000, "alice", "o9", 1, 0, 1, 0, 1, 0],
+            ],
+        )
 
 
 class LedgerTests(TestCase):

@@ -79,11 +79,13 @@ class LedgerWriterTests(SynchronousTestCase):
             self.gathering.set()
             self.release.wait(DEADLINE)
 
+        self.combine: Callable[[Sequence[Any]], list[Any]] = list
         self.writer = LedgerWriter(
             self.connection,  # type: ignore[arg-type]
             "INSERT ...",
             self.reactor,
             sleep=sleep,
+            combine=lambda rows: self.combine(rows),
         )
         self.writer.start()
         self.addCleanup(self.finish)
@@ -112,6 +114,27 @@ class LedgerWriterTests(SynchronousTestCase):
         self.release.set()
         self.wait(flushed)
         self.assertEqual(self.connection.calls, ["BEGIN", [(1,), (2,), (3,)], "COMMIT"])
+
+    def test_batchCombined(self) -> None:
+        """
+        A batch's rows go through C{combine} (in the writer thread) before
+        they are executed; a failure still counts the rows that were put.
+        """
+        self.combine = lambda rows: [(sum(row[0] for row in rows),)]
+        self.writer.put((1,))
+        self.assertTrue(self.gathering.wait(DEADLINE))
+        self.writer.put((2,))
+        flushed = self.writer.flushed()
+        self.release.set()
+        self.wait(flushed)
+        self.assertEqual(self.connection.calls, ["BEGIN", [(3,)], "COMMIT"])
+        self.connection.failNext = True
+        self.writer.put((4,))
+        self.writer.put((5,))
+        with capturedLogs() as events:
+            self.wait(self.writer.flushed())
+        [event] = [e for e in events if e["log_level"].name == "error"]
+        self.assertEqual(event["count"], 2)
 
     def test_flushedWhenIdle(self) -> None:
         """
