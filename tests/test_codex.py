@@ -13,10 +13,10 @@ Integration tests (processes): the real Codex CLI and a spawned proxy.
 from __future__ import annotations
 
 import os
-import shutil
 
 from twisted.trial.unittest import TestCase
 
+from tests.codex import requireCodex
 from tests.fakeupstream import DEFAULT_TEXT
 from tests.processes import endWithin, spawnProxy
 from tests.support import (
@@ -25,28 +25,6 @@ from tests.support import (
     spawnEntryPoint,
     startFakeUpstream,
 )
-
-CHECKOUT_CODEX = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    ".ci",
-    "node",
-    "node_modules",
-    ".bin",
-    "codex",
-)
-
-
-def codexBinary() -> str | None:
-    """
-    The Codex CLI to run: C{$CODEX_BIN}, else the checkout's C{.ci/node}
-    copy, else C{codex} on C{$PATH}, else None.
-    """
-    configured = os.environ.get("CODEX_BIN")
-    if configured:
-        return configured
-    if os.path.exists(CHECKOUT_CODEX):
-        return CHECKOUT_CODEX
-    return shutil.which("codex")
 
 
 class CodexTests(TestCase):
@@ -62,14 +40,7 @@ class CodexTests(TestCase):
         exits 0 and prints the fake upstream's answer; the upstream saw our
         key (and only ours) on C{POST /v1/responses}.
         """
-        codex = codexBinary()
-        if codex is None:
-            raise self.skipTest(
-                "no Codex CLI: set CODEX_BIN, put codex on PATH, or run "
-                "npm install --prefix .ci/node @openai/codex"
-            )
-        if not os.path.exists(codex):
-            self.fail(f"CODEX_BIN={codex} does not exist")
+        codex = requireCodex(self)
         upstream = startFakeUpstream(self)
         proxy = await spawnProxy(self, "--upstream-url", upstream.url)
         home = os.path.abspath(self.mktemp())
