@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import bisect
 import collections
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -143,14 +143,12 @@ class Metrics(Collector):
         return len(recent)
 
     def collect(self) -> Iterator[Any]:
-        exchanges = CounterMetricFamily(
-            _PREFIX + "exchanges",
+        yield _counters(
+            "exchanges",
             "Client exchanges, by the status sent and how they ended.",
-            labels=["status", "outcome"],
+            ["status", "outcome"],
+            self.exchangeCounts,
         )
-        for (status, outcome), count in sorted(self.exchangeCounts.items()):
-            exchanges.add_metric([status, outcome], count)
-        yield exchanges
         yield GaugeMetricFamily(
             _PREFIX + "exchanges_in_flight",
             "Exchanges forwarded and not finished.",
@@ -174,38 +172,30 @@ class Metrics(Collector):
             "Answer bytes sent to clients.",
             value=self.responseBytes,
         )
-        tokens = CounterMetricFamily(
-            _PREFIX + "tokens",
+        yield _counters(
+            "tokens",
             "Tokens the upstream reported, by model, user and kind.",
-            labels=["model", "user", "kind"],
+            ["model", "user", "kind"],
+            self.tokens,
         )
-        for (model, user, kind), count in sorted(self.tokens.items()):
-            tokens.add_metric([model, user, kind], count)
-        yield tokens
-        unknown = CounterMetricFamily(
-            _PREFIX + "usage_unknown",
+        yield _counters(
+            "usage_unknown",
             "Forwarded exchanges whose usage could not be read.",
-            labels=["model", "user"],
+            ["model", "user"],
+            self.unknownUsage,
         )
-        for (model, user), count in sorted(self.unknownUsage.items()):
-            unknown.add_metric([model, user], count)
-        yield unknown
-        refusals = CounterMetricFamily(
-            _PREFIX + "refusals",
+        yield _counters(
+            "refusals",
             "Requests the proxy refused itself, by error code.",
-            labels=["reason"],
+            ["reason"],
+            {(reason,): count for reason, count in self.refusals.items()},
         )
-        for reason, count in sorted(self.refusals.items()):
-            refusals.add_metric([reason], count)
-        yield refusals
-        errors = CounterMetricFamily(
-            _PREFIX + "upstream_errors",
+        yield _counters(
+            "upstream_errors",
             "Failures reaching or reading the upstream, by kind.",
-            labels=["kind"],
+            ["kind"],
+            {(kind,): count for kind, count in self.upstreamErrors.items()},
         )
-        for kind, count in sorted(self.upstreamErrors.items()):
-            errors.add_metric([kind], count)
-        yield errors
 
     def exposition(self) -> bytes:
         """
@@ -213,3 +203,21 @@ class Metrics(Collector):
         """
         text: bytes = generate_latest(self.registry)
         return text
+
+
+_Labels = TypeVar("_Labels", bound=tuple[str, ...])
+
+
+def _counters(
+    name: str,
+    documentation: str,
+    labels: list[str],
+    counts: Mapping[_Labels, int],
+) -> CounterMetricFamily:
+    """
+    One counter family with a sample per label tuple, in a stable order.
+    """
+    family = CounterMetricFamily(_PREFIX + name, documentation, labels=labels)
+    for values, count in sorted(counts.items()):
+        family.add_metric(list(values), count)
+    return family
