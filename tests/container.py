@@ -34,9 +34,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet import protocol, reactor, task
+from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
+
+from tests.support import OutputCapture, ProcessResult
 
 CHECKOUT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 ROOT_SCRIPT = os.path.join(CHECKOUT, ".ci", "container-root")
@@ -251,39 +252,6 @@ def substitute(text: str, old: str, new: str) -> str:
 # The container ----------------------------------------------------------------
 
 
-class _Output(protocol.ProcessProtocol):
-    """
-    Collect a process's output; C{ended} fires with its exit code.
-    """
-
-    def __init__(self, stdin: bytes) -> None:
-        self.stdin = stdin
-        self.out = bytearray()
-        self.err = bytearray()
-        self.ended: Deferred[int | None] = Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        if self.stdin:
-            self.transport.write(self.stdin)
-        self.transport.closeStdin()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Any) -> None:
-        if reason.check(ProcessDone):
-            code: int | None = 0
-        elif reason.check(ProcessTerminated):
-            code = reason.value.exitCode
-        else:
-            code = None
-        self.ended.callback(code)
-
-
 @dataclass
 class Background:
     """
@@ -292,14 +260,14 @@ class Background:
     """
 
     argv: list[str]
-    output: _Output
+    output: OutputCapture
     transport: Any
 
     @property
     def out(self) -> str:
         return self.output.out.decode("utf-8", "replace")
 
-    def kill(self) -> Deferred[int | None]:
+    def kill(self) -> Deferred[ProcessResult]:
         """
         End it (if it is still running) and fire when it has ended.
 
@@ -326,10 +294,10 @@ class Background:
         self.transport.signalProcess("KILL")
 
     async def result(self) -> Result:
-        code = await self.output.ended
+        ended = await self.output.ended
         return Result(
             self.argv,
-            code,
+            ended.exitCode,
             self.out,
             self.output.err.decode("utf-8", "replace"),
         )
@@ -543,7 +511,7 @@ class Container:
             # inside, by timeout (coreutils), where the command runs.
             *("--", "timeout", "-k", "5", str(timeout), *argv),
         ]
-        output = _Output(stdin)
+        output = OutputCapture(stdin)
         transport = reactor.spawnProcess(
             output, "/usr/bin/nsenter", full, env={**CONTAINER_ENV, **(env or {})}
         )

@@ -477,7 +477,12 @@ class ProcessResult:
     stderr: bytes
 
 
-class _Capture(protocol.ProcessProtocol):
+class OutputCapture(protocol.ProcessProtocol):
+    """
+    Feed a process C{stdin} (unless L{None}), then close it; collect what it
+    writes; C{ended} fires with a L{ProcessResult}.
+    """
+
     transport: IProcessTransport
 
     def __init__(self, stdin: bytes | None) -> None:
@@ -515,7 +520,7 @@ class SpawnedProcess:
     """
 
     pid: int
-    capture: _Capture
+    capture: OutputCapture
 
     @property
     def ended(self) -> Deferred[ProcessResult]:
@@ -548,7 +553,7 @@ def spawnEntryPoint(
     process is killed at cleanup if it is still running.
     """
     executable = argv[0] if os.path.isabs(argv[0]) else scriptPath(argv[0])
-    capture = _Capture(stdin)
+    capture = OutputCapture(stdin)
     transport = reactor.spawnProcess(
         capture,
         executable,

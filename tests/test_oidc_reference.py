@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from twisted.internet import protocol, reactor, task
+from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.error import ProcessExitedAlready
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests.fakeoidc import (
@@ -53,6 +54,7 @@ from tests.fakeoidc import (
     namespaceUnavailable,
     serveHTTPS,
 )
+from tests.support import OutputCapture, ProcessResult
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,62 +138,34 @@ def referenceUnavailable() -> str | None:
 # Running the reference ---------------------------------------------------------
 
 
-@dataclass
-class Ended:
+def referenceErrors(ended: ProcessResult) -> list[str]:
     """
-    How a process ended, and everything it wrote.
+    The reference's C{Error: ...} lines (its start-up failures).
     """
-
-    exitCode: int | None
-    signal: int | None
-    stdout: bytes
-    stderr: bytes
-
-    def errors(self) -> list[str]:
-        """
-        The reference's C{Error: ...} lines (its start-up failures).
-        """
-        return [
-            line[len("Error: ") :]
-            for line in self.stderr.decode(errors="replace").splitlines()
-            if line.startswith("Error: ")
-        ]
+    return [
+        line[len("Error: ") :]
+        for line in ended.stderr.decode(errors="replace").splitlines()
+        if line.startswith("Error: ")
+    ]
 
 
-class _ReferenceProtocol(protocol.ProcessProtocol):
+class _ReferenceProtocol(OutputCapture):
     """
-    Feed stdin, collect output; C{started} fires when it says it listens
-    (or has ended), C{ended} with an L{Ended}.
+    L{OutputCapture}, and C{started} fires when the reference says it
+    listens (or has ended).
     """
 
     def __init__(self, stdin: bytes) -> None:
-        self.stdin = stdin
-        self.out = bytearray()
-        self.err = bytearray()
+        super().__init__(stdin)
         self.started: Deferred[bool] = Deferred()
-        self.ended: Deferred[Ended] = Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.stdin)
-        self.transport.closeStdin()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
 
     def errReceived(self, data: bytes) -> None:
-        self.err += data
+        super().errReceived(data)
         if b"listening on" in self.err and not self.started.called:
             self.started.callback(True)
 
-    def processEnded(self, reason: Any) -> None:
-        value = reason.value
-        code = 0 if reason.check(ProcessDone) else getattr(value, "exitCode", None)
-        self.ended.callback(
-            Ended(
-                code, getattr(value, "signal", None), bytes(self.out), bytes(self.err)
-            )
-        )
+    def processEnded(self, reason: Failure) -> None:
+        super().processEnded(reason)
         if not self.started.called:
             self.started.callback(False)
 
@@ -235,7 +209,7 @@ class ReferenceProcess:
         data = ("\r\n".join(head) + "\r\n\r\n").encode() + payload
         return await self.world.namespace.rawRequest(self.port, data)
 
-    async def stop(self) -> Ended:
+    async def stop(self) -> ProcessResult:
         """
         Stop it (SIGTERM) if it still runs; how it ended.
         """
@@ -359,7 +333,7 @@ class ReferenceWorld:
         process = ReferenceProcess(self, proto, transport, serverInfo)
         self.started.append(process)
 
-        def kill() -> Deferred[Ended] | None:
+        def kill() -> Deferred[ProcessResult] | None:
             if proto.ended.called:
                 return None
             try:
@@ -372,7 +346,7 @@ class ReferenceWorld:
         process.listening = await proto.started.addTimeout(60, reactor)
         return process
 
-    async def startFails(self, **kwargs: Any) -> Ended:
+    async def startFails(self, **kwargs: Any) -> ProcessResult:
         """
         Start the reference, expecting it to give up before listening.
         """
@@ -483,7 +457,7 @@ async def recordReference(
         "responses": statuses,
         "listening": process.listening,
         "exitCode": ended.exitCode,
-        "errors": _hide(ended.errors(), secrets),
+        "errors": _hide(referenceErrors(ended), secrets),
     }
 
 
@@ -636,7 +610,7 @@ class StartupRefusalTests(ReferenceTestCase):
         )
         self.assertEqual(ended.exitCode, 1)
         self.assertEqual(
-            ended.errors(),
+            referenceErrors(ended),
             ["workload identity requires the default OpenAI Responses endpoint"],
         )
         self.assertEqual(world.github.requests, [])
@@ -656,7 +630,7 @@ class StartupRefusalTests(ReferenceTestCase):
         ]:
             ended = await world.startFails(requestURL=url)
             self.assertEqual(ended.exitCode, 1, url)
-            self.assertEqual(ended.errors(), [error], url)
+            self.assertEqual(referenceErrors(ended), [error], url)
         self.assertEqual(world.github.requests, [])
 
     async def test_emptyArguments(self) -> None:
@@ -673,7 +647,8 @@ class StartupRefusalTests(ReferenceTestCase):
             ended = await world.startFails(**arguments)
             self.assertEqual(ended.exitCode, 1)
             self.assertEqual(
-                ended.errors(), [f"workload identity requires a nonempty {flag}"]
+                referenceErrors(ended),
+                [f"workload identity requires a nonempty {flag}"],
             )
         self.assertEqual(world.github.requests, [])
 
@@ -693,7 +668,8 @@ class StartupRefusalTests(ReferenceTestCase):
         for stdin, sent in accepted:
             ended = await world.startFails(stdin=stdin)
             self.assertEqual(
-                ended.errors(), ["GitHub OIDC token request rejected (HTTP 401)"]
+                referenceErrors(ended),
+                ["GitHub OIDC token request rejected (HTTP 401)"],
             )
             self.assertEqual(
                 world.github.requests[-1].header("authorization"), [f"Bearer {sent}"]
@@ -713,7 +689,7 @@ class StartupRefusalTests(ReferenceTestCase):
         ]:
             ended = await world.startFails(stdin=stdin)
             self.assertEqual(ended.exitCode, 1)
-            self.assertEqual(ended.errors(), [error], stdin[:20])
+            self.assertEqual(referenceErrors(ended), [error], stdin[:20])
         self.assertEqual(len(world.github.requests), contacted)
 
 

@@ -35,8 +35,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from responses_proxy import sdnotify
 from tests.support import (
     CANARY_KEY,
+    OutputCapture,
     ProcessResult,
-    _Capture,
     childEnvironment,
     makeTestPKI,
     rawExchange,
@@ -169,12 +169,12 @@ def spawnWithListenFDs(
     argv: list[str],
     listening: socket.socket | None,
     env: dict[str, str],
-) -> _Capture:
+) -> OutputCapture:
     """
     Start C{argv} the way systemd starts a socket-activated service: the
     listening socket at fd 3 and the C{LISTEN_*} variables describing it.
     """
-    capture = _Capture(CANARY_KEY.encode())
+    capture = OutputCapture(CANARY_KEY.encode())
     childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
     if listening is not None:
         childFDs[3] = listening.fileno()
@@ -338,7 +338,7 @@ async def runExecStart(testCase: TestCase, prefix: list[str]) -> ProcessResult:
         CODEX_SECURE_MODE="1",
         SSL_CERT_FILE=pki.caCert,
     )
-    capture = _Capture(None)
+    capture = OutputCapture(None)
     transport = reactor.spawnProcess(capture, argv[0], argv, env=env)
 
     def kill() -> Deferred[ProcessResult] | None:
